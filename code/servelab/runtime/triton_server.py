@@ -1,0 +1,207 @@
+"""Triton Inference Server 2.51, the build that ships inside the ``nvidia-pytriton`` wheel.
+
+The book installs that wheel with ``--no-deps``: we use its ``tritonserver`` binary and its Python
+backend, not PyTriton's own Python API. What the server needs here, set up by :func:`triton_server`:
+
+* a backends folder holding the Python backend and the stub built for the running Python (3.X);
+* ``LD_LIBRARY_PATH`` with this interpreter's ``libpython`` folder and ``nvidia_pytriton.libs``;
+* the stub takes its Python environment from the ``python3`` first on ``PATH``: we put a small venv
+  first, holding **numpy<2** (numpy 2 corrupts tensors in this stub build) and seeing this
+  environment's packages (torch, vLLM) through a ``.pth`` file;
+* a UTF-8 locale, and every port bound to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from servelab.runtime.process import ManagedProcess, ServerStartError, ensure_port_free, free_port, log_tail
+from servelab.runtime.settings import Settings, get_settings
+
+TRITON_VERSION = "2.51.0"
+BACKEND_NUMPY = "numpy==1.26.4"
+
+
+class TritonSetupError(RuntimeError):
+    """Triton's files or its Python-backend environment are missing."""
+
+
+def triton_home() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonSetupError(
+            "Triton is not installed: pip install --no-deps nvidia-pytriton==0.7.0 (make setup does it)")
+    home = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    if not (home / "bin" / "tritonserver").exists():
+        raise TritonSetupError(f"no tritonserver binary under {home}")
+    return home
+
+
+def backends_dir(settings: Settings | None = None) -> Path:
+    """``<cache>/triton/backends/python`` with the backend, its utils and the stub for this Python."""
+    settings = settings or get_settings()
+    home = triton_home()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = home / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise TritonSetupError(f"nvidia-pytriton ships no Python backend stub for Python {version}")
+    target = settings.cache_dir / "triton" / f"backends-py{version}"
+    python = target / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    for source in [*sorted(p for p in (home / "backends" / "python").iterdir() if p.is_file()), stub]:
+        dest = python / source.name
+        if not dest.exists() or dest.stat().st_size != source.stat().st_size:
+            shutil.copy2(source, dest)
+    return target
+
+
+def backend_python_env(settings: Settings | None = None) -> Path:
+    """A venv whose ``python3`` the stub runs: numpy<2 first, then this environment's packages."""
+    settings = settings or get_settings()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    env = settings.cache_dir / "triton" / f"pyenv-py{version}"
+    site = env / "lib" / f"python{version}" / "site-packages"
+    marker = site / "servelab-backend-env.json"
+    if marker.exists():
+        return env
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(env)], check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+         "--target", str(site), BACKEND_NUMPY], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+        raise TritonSetupError(f"cannot install {BACKEND_NUMPY} for Triton's Python backend: {tail}")
+    parents = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (site / "servelab-parent.pth").write_text("\n".join(sorted(parents)) + "\n")
+    marker.write_text(json.dumps({"numpy": BACKEND_NUMPY, "parent": sorted(parents)}))
+    return env
+
+
+def server_env(settings: Settings | None = None) -> dict[str, str]:
+    import os
+
+    home = triton_home()
+    libs = [sysconfig.get_config_var("LIBDIR"), str(home.parents[1] / "nvidia_pytriton.libs")]
+    if os.environ.get("LD_LIBRARY_PATH"):
+        libs.append(os.environ["LD_LIBRARY_PATH"])
+    pyenv = backend_python_env(settings)
+    return {
+        "LD_LIBRARY_PATH": ":".join(libs),
+        "PATH": f"{pyenv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1",
+    }
+
+
+@dataclass
+class TritonEndpoint:
+    """Where a Triton server answers. URLs are ``host:port``, as ``tritonclient`` takes them."""
+
+    http: str
+    grpc: str
+    metrics: str
+    repository: Path
+    process: ManagedProcess | None = None
+
+    def http_client(self, **kwargs):
+        import tritonclient.http as httpclient
+
+        return httpclient.InferenceServerClient(self.http, **kwargs)
+
+    def grpc_client(self, **kwargs):
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(self.grpc, **kwargs)
+
+    def metrics_text(self) -> str:
+        return httpx.get(f"http://{self.metrics}/metrics", timeout=10).text
+
+    def add_model(self, model_dir: Path, name: str | None = None, load: bool = True) -> str:
+        """Copy a model folder into the repository and (re)load it (``--model-control-mode=explicit``)."""
+        name = name or model_dir.name
+        dest = self.repository / name
+        if dest.resolve() != model_dir.resolve():
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(model_dir, dest)
+        if load:
+            self.http_client().load_model(name)
+        return name
+
+    def to_env(self) -> str:
+        return json.dumps({"http": self.http, "grpc": self.grpc, "metrics": self.metrics,
+                           "repository": str(self.repository)})
+
+    @classmethod
+    def from_env(cls, value: str) -> TritonEndpoint:
+        data = json.loads(value)
+        return cls(data["http"], data["grpc"], data["metrics"], Path(data["repository"]))
+
+
+# --8<-- [start:triton_server]
+@contextmanager
+def triton_server(*repositories: Path, settings: Settings | None = None,
+                  control_mode: str = "explicit", extra_args: Sequence[str] = (),
+                  log_path: Path | None = None) -> Iterator[TritonEndpoint]:
+    """``tritonserver`` on 127.0.0.1 with HTTP, gRPC and metrics ports, ready on ``/v2/health/ready``."""
+    settings = settings or get_settings()
+    if not repositories:
+        raise TritonSetupError("triton_server needs at least one model repository")
+    for repo in repositories:
+        if not Path(repo).is_dir():
+            raise TritonSetupError(f"model repository {repo} does not exist")
+    host = settings.host
+    ports = {name: free_port(host) for name in ("http", "grpc", "metrics")}
+    for port in ports.values():
+        ensure_port_free(host, port)
+    argv = [str(triton_home() / "bin" / "tritonserver"),
+            *[f"--model-repository={Path(r).resolve()}" for r in repositories],
+            f"--backend-directory={backends_dir(settings)}",
+            f"--model-control-mode={control_mode}",  # (1)!
+            f"--http-address={host}", f"--http-port={ports['http']}",  # (2)!
+            f"--grpc-address={host}", f"--grpc-port={ports['grpc']}",
+            f"--metrics-address={host}", f"--metrics-port={ports['metrics']}",
+            "--allow-metrics=true", "--exit-timeout-secs=10", *extra_args]
+    log_path = log_path or settings.cache_dir / "logs" / f"triton-{ports['http']}.log"
+    proc = ManagedProcess("tritonserver", argv, log_path, env=server_env(settings))
+    proc.start()
+    try:
+        proc.wait_ready(f"http://{host}:{ports['http']}/v2/health/ready", settings.startup_timeout_s)  # (3)!
+        yield TritonEndpoint(f"{host}:{ports['http']}", f"{host}:{ports['grpc']}",
+                             f"{host}:{ports['metrics']}", Path(repositories[0]).resolve(), proc)
+    finally:
+        proc.stop()
+# --8<-- [end:triton_server]
+
+
+@contextmanager
+def triton_endpoint(repository: Path, settings: Settings | None = None) -> Iterator[TritonEndpoint]:
+    """The test session's shared Triton (``SERVELAB_TRITON_ENDPOINT``), or a new one on ``repository``."""
+    settings = settings or get_settings()
+    if settings.triton_endpoint:
+        yield TritonEndpoint.from_env(settings.triton_endpoint)
+    else:
+        with triton_server(repository, settings=settings) as endpoint:
+            yield endpoint
+
+
+def wait_model_ready(endpoint: TritonEndpoint, name: str, timeout_s: float = 300.0) -> None:
+    client = endpoint.http_client()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if client.is_model_ready(name):
+            return
+        time.sleep(0.5)
+    raise ServerStartError(f"model {name} not ready after {timeout_s:.0f} s:\n"
+                           f"{log_tail(endpoint.process.log_path) if endpoint.process else ''}")

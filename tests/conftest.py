@@ -1,0 +1,97 @@
+"""Session-wide fixtures: every engine starts once per test session and is shared.
+
+* ``vllm_shared``   — ``vllm serve`` with the book's defaults (the bundled model, served as ``smollm2``)
+* ``llm_shared``    — an offline ``vllm.LLM`` in this process
+* ``triton_shared`` — ``tritonserver`` in explicit model-control mode on a session repository;
+                      lessons add their models with ``triton_shared.add_model(folder)``
+
+Starting ``vllm_shared``/``triton_shared`` also exports ``SERVELAB_VLLM_URL`` /
+``SERVELAB_TRITON_ENDPOINT``, so notebooks and code blocks run in this session reach the same engines.
+GPU tests carry ``@pytest.mark.gpu``: on CPU they are reported as skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from servelab.runtime import settings as settings_module
+
+
+def _gpu_available() -> tuple[bool, str]:
+    if os.environ.get("SERVELAB_PROFILE") != "gpu":
+        return False, "GPU test: set SERVELAB_PROFILE=gpu on a machine with an NVIDIA GPU (make test-gpu)"
+    try:
+        import torch
+    except ImportError:
+        return False, "GPU test: torch is not installed"
+    if not torch.cuda.is_available():
+        return False, "GPU test: SERVELAB_PROFILE=gpu but torch sees no CUDA device"
+    return True, ""
+
+
+def pytest_collection_modifyitems(config, items):
+    ok, reason = _gpu_available()
+    for item in items:
+        if "gpu" in item.keywords and not ok:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _export(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+    settings_module.get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def settings():
+    return settings_module.get_settings()
+
+
+@pytest.fixture(scope="session")
+def bundled_model(settings):
+    from servelab.runtime import prepare_model
+
+    return prepare_model(settings)
+
+
+@pytest.fixture(scope="session")
+def vllm_shared(bundled_model):
+    from servelab.runtime import vllm_server
+
+    with vllm_server() as endpoint:
+        _export("SERVELAB_VLLM_URL", endpoint.base_url)
+        yield endpoint
+        _export("SERVELAB_VLLM_URL", None)
+
+
+@pytest.fixture(scope="session")
+def llm_shared(bundled_model):
+    from servelab.runtime import offline_llm
+
+    with offline_llm() as llm:
+        yield llm
+
+
+@pytest.fixture(scope="session")
+def triton_shared(tmp_path_factory):
+    from servelab.runtime import triton_server
+
+    repository = tmp_path_factory.mktemp("triton-repository")
+    with triton_server(repository) as endpoint:
+        _export("SERVELAB_TRITON_ENDPOINT", endpoint.to_env())
+        yield endpoint
+        _export("SERVELAB_TRITON_ENDPOINT", None)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """Run a test without the shared endpoints in the environment (it starts what it needs)."""
+    monkeypatch.delenv("SERVELAB_VLLM_URL", raising=False)
+    monkeypatch.delenv("SERVELAB_TRITON_ENDPOINT", raising=False)
+    settings_module.get_settings.cache_clear()
+    yield
+    settings_module.get_settings.cache_clear()
