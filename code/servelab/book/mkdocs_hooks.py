@@ -27,7 +27,7 @@ def build_nav(docs_dir: Path) -> list:
             if pages:
                 section.append({f"{lab.seed_name.split('-')[1]} {lab.title}": pages})
         nav.append({track.title: section})
-    nav.append({"關於本書": ["contributing.md", "status.md"]})
+    nav.append({"關於本書": ["runtime.md", "contributing.md", "status.md"]})
     return nav
 
 

@@ -1,4 +1,4 @@
-"""Session-wide fixtures: every engine starts once per test session and is shared.
+"""The book's pytest plugin (loaded with ``-p servelab.testing.plugin``): engines start once per session.
 
 * ``vllm_shared``   — ``vllm serve`` with the book's defaults (the bundled model, served as ``smollm2``)
 * ``llm_shared``    — an offline ``vllm.LLM`` in this process
@@ -6,8 +6,9 @@
                       lessons add their models with ``triton_shared.add_model(folder)``
 
 Starting ``vllm_shared``/``triton_shared`` also exports ``SERVELAB_VLLM_URL`` /
-``SERVELAB_TRITON_ENDPOINT``, so notebooks and code blocks run in this session reach the same engines.
-GPU tests carry ``@pytest.mark.gpu``: on CPU they are reported as skipped with the reason.
+``SERVELAB_TRITON_ENDPOINT`` (and ``SERVELAB_TRITON_HTTP`` for curl), so notebooks and code blocks run in this session reach the same engines.
+If those variables are already set (a contributor's long-running dev servers), the fixtures use those
+servers instead of starting new ones. GPU tests carry ``@pytest.mark.gpu``: on CPU they are reported as skipped with the reason.
 """
 
 from __future__ import annotations
@@ -60,8 +61,11 @@ def bundled_model(settings):
 
 @pytest.fixture(scope="session")
 def vllm_shared(bundled_model):
-    from servelab.runtime import vllm_server
+    from servelab.runtime import VLLMEndpoint, vllm_server
 
+    if os.environ.get("SERVELAB_VLLM_URL"):
+        yield VLLMEndpoint(os.environ["SERVELAB_VLLM_URL"].rstrip("/"))
+        return
     with vllm_server() as endpoint:
         _export("SERVELAB_VLLM_URL", endpoint.base_url)
         yield endpoint
@@ -78,13 +82,20 @@ def llm_shared(bundled_model):
 
 @pytest.fixture(scope="session")
 def triton_shared(tmp_path_factory):
-    from servelab.runtime import triton_server
+    from servelab.runtime import TritonEndpoint, triton_server
 
+    if os.environ.get("SERVELAB_TRITON_ENDPOINT"):
+        endpoint = TritonEndpoint.from_env(os.environ["SERVELAB_TRITON_ENDPOINT"])
+        os.environ.setdefault("SERVELAB_TRITON_HTTP", f"http://{endpoint.http}")
+        yield endpoint
+        return
     repository = tmp_path_factory.mktemp("triton-repository")
     with triton_server(repository) as endpoint:
         _export("SERVELAB_TRITON_ENDPOINT", endpoint.to_env())
+        _export("SERVELAB_TRITON_HTTP", f"http://{endpoint.http}")  # for curl examples
         yield endpoint
         _export("SERVELAB_TRITON_ENDPOINT", None)
+        _export("SERVELAB_TRITON_HTTP", None)
 
 
 @pytest.fixture
