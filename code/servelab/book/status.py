@@ -18,6 +18,7 @@ class LessonStatus:
     tests: bool
     notebook: bool
     gpu_results: tuple[str, ...]  # result files whose provenance names a GPU
+    gpu_tests: tuple[str, ...] = ()  # gpu-marked tests that passed on the GPU runner (results/gpu_runs.json)
 
     @property
     def complete(self) -> bool:
@@ -45,9 +46,20 @@ def gpu_results(lesson: Lesson) -> tuple[str, ...]:
     return tuple(found)
 
 
+def gpu_runs() -> dict:
+    path = RESULTS / "gpu_runs.json"
+    return json.loads(path.read_text()).get("tests", {}) if path.exists() else {}
+
+
+def gpu_tests(prefix: str) -> tuple[str, ...]:
+    return tuple(sorted(node for node, run in gpu_runs().items()
+                        if node.startswith(prefix) and run["outcome"] == "passed"))
+
+
 def lesson_status(lesson: Lesson) -> LessonStatus:
+    prefix = lesson.test.relative_to(ROOT).as_posix()
     return LessonStatus(lesson, lesson.page.exists(), lesson.module.exists(), lesson.test.exists(),
-                        lesson.notebook.exists(), gpu_results(lesson))
+                        lesson.notebook.exists(), gpu_results(lesson), gpu_tests(prefix))
 
 
 def render_status_page() -> str:
@@ -73,8 +85,25 @@ def render_status_page() -> str:
                 name = f"`{s.lesson.seed_name}` {s.lesson.title}"
                 if s.page:
                     name = f"[{name}]({s.lesson.rel}.md)"
-                gpu = f"✔（{len(s.gpu_results)} 個結果檔）" if s.gpu_results else "—"
+                parts = []
+                if s.gpu_tests:
+                    parts.append(f"{len(s.gpu_tests)} 項 GPU 測試通過")
+                if s.gpu_results:
+                    parts.append(f"{len(s.gpu_results)} 個結果檔")
+                gpu = f"✔（{'、'.join(parts)}）" if parts else "—"
                 lines.append(f"| {name} | {s.mark} | {yes(s.page)} | {yes(s.code)} | {yes(s.tests)} | "
                              f"{yes(s.notebook)} | {gpu} |")
             lines.append("")
+    runs = gpu_runs()
+    runtime = {node: run for node, run in runs.items() if node.startswith("tests/runtime/")}
+    lines += ["## 共用執行環境（`servelab.runtime`）在 GPU 上的驗證", ""]
+    if runtime:
+        lines += ["| 測試 | 結果 | 裝置 | 驅動 | 日期 |", "| --- | --- | --- | --- | --- |"]
+        for node, run in runtime.items():
+            mark = "✔ 通過" if run["outcome"] == "passed" else f"✘ {run['outcome']}"
+            lines.append(f"| `{node.split('::')[-1]}` | {mark} | {run['device']} | {run.get('driver') or ''} | "
+                         f"{run['date']} |")
+    else:
+        lines.append("尚未在 GPU 執行器上執行（未驗證）。")
+    lines.append("")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,9 @@ from servelab.runtime.process import ManagedProcess, ServerStartError, ensure_po
 from servelab.runtime.settings import Settings, get_settings
 
 TRITON_VERSION = "2.51.0"
-BACKEND_NUMPY = "numpy==1.26.4"
+# numpy 2 corrupts tensors in this stub build; scipy must then be one built for numpy 1.x (a scipy made
+# for numpy 2, as GPU images ship, fails on import with "module 'numpy' has no attribute 'long'").
+BACKEND_REQUIREMENTS = ("numpy==1.26.4", "scipy==1.14.1")
 
 
 class TritonSetupError(RuntimeError):
@@ -68,30 +71,37 @@ def backends_dir(settings: Settings | None = None) -> Path:
 
 
 def backend_python_env(settings: Settings | None = None) -> Path:
-    """A venv whose ``python3`` the stub runs: numpy<2 first, then this environment's packages."""
+    """A venv whose ``python3`` the stub runs: numpy<2 (and a matching scipy) first, then this
+    environment's packages through a ``.pth`` file."""
     settings = settings or get_settings()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     env = settings.cache_dir / "triton" / f"pyenv-py{version}"
     site = env / "lib" / f"python{version}" / "site-packages"
     marker = site / "servelab-backend-env.json"
+    # the stub sees this environment's packages, and PYTHONPATH's (how the GPU runner installs vLLM)
+    parents = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+               *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    parents = list(dict.fromkeys(str(Path(p).resolve()) for p in parents))
     if marker.exists():
-        return env
+        recorded = json.loads(marker.read_text())
+        if recorded.get("requirements") == list(BACKEND_REQUIREMENTS):
+            if recorded.get("parent") != parents:
+                (site / "servelab-parent.pth").write_text("\n".join(parents) + "\n")
+                marker.write_text(json.dumps({**recorded, "parent": parents}))
+            return env
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(env)], check=True)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-         "--target", str(site), BACKEND_NUMPY], capture_output=True, text=True)
+         "--target", str(site), *BACKEND_REQUIREMENTS], capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
-        raise TritonSetupError(f"cannot install {BACKEND_NUMPY} for Triton's Python backend: {tail}")
-    parents = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    (site / "servelab-parent.pth").write_text("\n".join(sorted(parents)) + "\n")
-    marker.write_text(json.dumps({"numpy": BACKEND_NUMPY, "parent": sorted(parents)}))
+        raise TritonSetupError(f"cannot install {' '.join(BACKEND_REQUIREMENTS)} for Triton's Python backend: {tail}")
+    (site / "servelab-parent.pth").write_text("\n".join(parents) + "\n")
+    marker.write_text(json.dumps({"requirements": list(BACKEND_REQUIREMENTS), "parent": parents}))
     return env
 
 
 def server_env(settings: Settings | None = None) -> dict[str, str]:
-    import os
-
     home = triton_home()
     libs = [sysconfig.get_config_var("LIBDIR"), str(home.parents[1] / "nvidia_pytriton.libs")]
     if os.environ.get("LD_LIBRARY_PATH"):

@@ -43,6 +43,8 @@ def engine_env(settings: Settings | None = None) -> dict[str, str]:
            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     if settings.profile == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
+    else:
+        env["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"  # CUDA cannot be re-initialized in a forked child
     return env
 
 
@@ -123,15 +125,25 @@ def offline_llm(settings: Settings | None = None, **overrides) -> Iterator:
     """A ``vllm.LLM`` for the profile, freed on exit."""
     settings = settings or get_settings()
     apply_engine_env(settings)
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine core: quick teardown
+    if settings.profile == "cpu":
+        # In-process engine core on CPU: quicker start and teardown. On a GPU the engine core keeps its
+        # own process, so that shutting it down really returns the GPU memory.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM
 
     llm = LLM(**{**engine_kwargs(settings), **overrides})
     try:
         yield llm
     finally:
+        core = getattr(llm.llm_engine, "engine_core", None)
+        if hasattr(core, "shutdown"):
+            core.shutdown()
         del llm
         gc.collect()
+        if settings.profile == "gpu":
+            import torch
+
+            torch.cuda.empty_cache()
 
 
 @dataclass
@@ -158,10 +170,16 @@ class VLLMEndpoint:
         return AsyncOpenAI(base_url=self.api_url, api_key=self.api_key, **kwargs)
 
 
-def vllm_command() -> str:
+def vllm_command() -> list[str]:
+    """The ``vllm`` command of this interpreter's environment (or its entry point, where no script exists)."""
     ensure_vllm_metadata()
     beside = Path(sys.executable).parent / "vllm"
-    return str(beside) if beside.exists() else (shutil.which("vllm") or "vllm")
+    if beside.exists():
+        return [str(beside)]
+    if shutil.which("vllm"):
+        return [shutil.which("vllm")]
+    # vLLM installed with --target (no console script): call the same entry point the script calls
+    return [sys.executable, "-c", "import sys; from vllm.entrypoints.cli.main import main; sys.exit(main())"]
 
 
 # --8<-- [start:vllm_server]
@@ -174,7 +192,7 @@ def vllm_server(*extra_args: str, settings: Settings | None = None, port: int | 
     port = port or free_port(settings.host)
     ensure_port_free(settings.host, port)  # (1)!
     kwargs = {**engine_kwargs(settings), **overrides}
-    argv = [vllm_command(), "serve", *_cli_args(kwargs), "--host", settings.host, "--port", str(port),
+    argv = [*vllm_command(), "serve", *_cli_args(kwargs), "--host", settings.host, "--port", str(port),
             *extra_args]
     if api_key:
         argv += ["--api-key", api_key]  # (2)!

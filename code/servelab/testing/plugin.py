@@ -106,3 +106,37 @@ def clean_env(monkeypatch):
     settings_module.get_settings.cache_clear()
     yield
     settings_module.get_settings.cache_clear()
+
+
+# --- the record of GPU runs -------------------------------------------------------------------------
+# On the GPU profile, the outcome of every gpu-marked test is merged into results/gpu_runs.json with the
+# run's provenance, so the status page can show which lessons were verified on a GPU, and when.
+_GPU_OUTCOMES: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report):
+    if os.environ.get("SERVELAB_PROFILE") != "gpu" or "gpu" not in report.keywords:
+        return
+    if report.when == "call" or report.outcome != "passed":
+        if report.when == "call" or report.nodeid not in _GPU_OUTCOMES:
+            _GPU_OUTCOMES[report.nodeid] = report.outcome
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _GPU_OUTCOMES:
+        return
+    import json
+
+    from servelab.book.tree import ROOT
+    from servelab.runtime.provenance import provenance
+
+    path = ROOT / "results" / "gpu_runs.json"
+    record = json.loads(path.read_text()) if path.exists() else {"tests": {}}
+    prov = provenance()
+    for nodeid, outcome in _GPU_OUTCOMES.items():
+        record["tests"][nodeid] = {"outcome": outcome, "date": prov["date"], "device": prov["device"],
+                                   "driver": (prov.get("gpu") or {}).get("driver"),
+                                   "versions": prov["versions"]}
+    record["tests"] = dict(sorted(record["tests"].items()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
