@@ -6,6 +6,7 @@ exited (with its exit code and the last lines of its log), a server that never b
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -43,6 +44,14 @@ def log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text[-lines:])
 
 
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    os.setsid()  # its own process group, so stop() can signal the server and all its children
+    try:  # Linux: if the Python that started the server dies (even by SIGKILL), the server gets SIGTERM
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
+
+
 @dataclass
 class ManagedProcess:
     """A child process in its own process group, with its output in ``log_path``."""
@@ -59,7 +68,7 @@ class ManagedProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             list(self.argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **self.env}, cwd=self.cwd, start_new_session=True,
+            env={**os.environ, **self.env}, cwd=self.cwd, preexec_fn=_die_with_parent,
         )
         log.close()
 

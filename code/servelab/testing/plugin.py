@@ -35,8 +35,26 @@ def _gpu_available() -> tuple[bool, str]:
 def pytest_collection_modifyitems(config, items):
     ok, reason = _gpu_available()
     for item in items:
+        if type(item).__name__ == "TestBlock" and any(item.iter_markers("usefixtures")):
+            _give_fixtures_to_code_blocks(item)
         if "gpu" in item.keywords and not ok:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _give_fixtures_to_code_blocks(item) -> None:
+    """Give a pytest-codeblocks item the fixtures its ``<!--pytest.mark.usefixtures(...)-->`` asks for.
+
+    Code blocks are plain ``pytest.Item``s, which pytest does not fill with fixtures; do what pytest does
+    for doctests, so a curl block on a page really starts (or reuses) the engine it talks to.
+    """
+    from _pytest.fixtures import TopRequest
+
+    info = item.session._fixturemanager.getfixtureinfo(node=item, func=None, cls=None)
+    item._fixtureinfo = info
+    item.fixturenames = info.names_closure
+    item.funcargs = {}
+    item._request = TopRequest(item, _ispytest=True)
+    item.setup = item._request._fillfixtures  # called by pytest's SetupState once the item is active
 
 
 def _export(key: str, value: str | None) -> None:
