@@ -1,0 +1,360 @@
+"""04-Production_Deployment：生產旗標、金鑰、上限、指標、負載測試、SIGTERM 排水，以及部署檔的驗證。
+
+One extra engine start for the whole file: ``prod`` (module scope) runs ``vllm serve`` with the flags this lesson
+teaches. Its last test sends SIGTERM, so it runs last (tests run in file order).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from servelab.vllm.lab2_1 import l04_production_deployment as lesson
+
+MAX_MODEL_LEN = 512
+MAX_NUM_SEQS = 4
+SHUTDOWN_TIMEOUT = 30
+
+
+@pytest.fixture(scope="module")
+def prod(bundled_model):
+    with lesson.production_server(max_model_len=MAX_MODEL_LEN, max_num_seqs=MAX_NUM_SEQS,
+                                  shutdown_timeout=SHUTDOWN_TIMEOUT) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def serve_help() -> str:
+    text = lesson.serve_help_text()
+    assert "--shutdown-timeout" in text, "vllm serve --help=all printed no flags"
+    return text
+
+
+# ---------------------------------------------------------------- deployment files (no engine)
+
+def test_dockerfile_pins_official_image_and_runs_as_non_root():
+    facts = lesson.dockerfile_facts()
+    image, _, tag = facts["base"].partition(":")
+    assert image == "vllm/vllm-openai"
+    assert tag == "v0.26.0"  # the GPU path's vLLM; never "latest"
+    user = facts["user"].split(":")[0]
+    assert user not in ("", "root", "0")
+    assert facts["expose"] == ["8000"]
+    assert "/health" in facts["healthcheck"] and "127.0.0.1:8000" in facts["healthcheck"]
+    assert facts["stopsignal"] == "SIGTERM"
+    assert facts["entrypoint"] == ["vllm", "serve"]
+    assert facts["cmd"][0] != "serve"  # 「unrecognized arguments: serve」
+    assert lesson.flag_value(facts["cmd"], "--port") == "8000"
+    assert int(lesson.flag_value(facts["cmd"], "--shutdown-timeout")) > 0
+
+
+def test_every_flag_in_the_deployment_files_is_a_real_vllm_serve_flag(serve_help):
+    cmd = lesson.dockerfile_facts()["cmd"]
+    args = lesson.deployment_container()["args"]
+    assert lesson.unknown_serve_flags(cmd, serve_help) == []
+    assert lesson.unknown_serve_flags(args, serve_help) == []
+    assert lesson.unknown_serve_flags(["--max-num-seq", "4"], serve_help) == ["--max-num-seq"]  # a typo is caught
+
+
+def test_serve_written_twice_is_the_error_of_the_troubleshooting_table():
+    """ENTRYPOINT ["vllm", "serve"] + a CMD that starts with "serve" again."""
+    from servelab.runtime.vllm_engine import engine_env, vllm_command
+
+    model = lesson.dockerfile_facts()["cmd"][0]
+    proc = subprocess.run([*vllm_command(), "serve", "serve", model, "--max-model-len", "8192"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **engine_env()},
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2
+    assert f"vllm: error: unrecognized arguments: {model}" in proc.stderr
+
+
+def test_kubernetes_manifests_pass_the_schema_validator():
+    checked = lesson.validate_k8s()
+    assert checked == ["deployment.yaml: Deployment", "pdb.yaml: PodDisruptionBudget", "service.yaml: Service"]
+
+
+def test_the_kubernetes_validator_rejects_a_misspelled_probe_field(tmp_path):
+    import kubernetes_validate
+
+    doc = lesson.load_yaml(lesson.K8S_DIR / "deployment.yaml")
+    doc["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["periodSecond"] = 10
+    broken = tmp_path / "deployment.yaml"
+    broken.write_text(json.dumps(doc))  # JSON is YAML
+    with pytest.raises(kubernetes_validate.ValidationError, match="periodSecond"):
+        lesson.validate_k8s([broken])
+
+
+def test_deployment_probes_ports_and_shutdown_budget():
+    doc = lesson.load_yaml(lesson.K8S_DIR / "deployment.yaml")
+    container = lesson.deployment_container(doc)
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    assert port == int(lesson.flag_value(container["args"], "--port"))
+    assert container["startupProbe"]["httpGet"]["path"] == "/health"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300  # room to load 16 GB of weights
+    assert "/v1/models" in container["readinessProbe"]["exec"]["command"][-1]
+    assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "vllm-api-key"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert doc["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
+    assert container["image"].endswith(":" + lesson.dockerfile_facts()["base"].split(":")[1])
+    assert lesson.grace_problems(doc) == []
+    service = lesson.load_yaml(lesson.K8S_DIR / "service.yaml")
+    assert service["spec"]["selector"] == doc["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_exercise_grace_problems_catches_a_short_grace_period():
+    doc = lesson.load_yaml(lesson.K8S_DIR / "deployment.yaml")
+    short = copy.deepcopy(doc)
+    del short["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]  # Kubernetes default: 30 s
+    problems = lesson.grace_problems(short)
+    assert len(problems) == 1 and "terminationGracePeriodSeconds=30" in problems[0]
+    abort = copy.deepcopy(doc)
+    args = abort["spec"]["template"]["spec"]["containers"][0]["args"]
+    args[args.index("--shutdown-timeout") + 1] = "0"
+    assert any("中止" in p for p in lesson.grace_problems(abort))
+
+
+def test_compose_file_passes_the_compose_spec_schema():
+    proc = lesson.validate_compose()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "validation done" in proc.stdout
+
+
+def test_compose_schema_check_rejects_an_unknown_key(tmp_path):
+    doc = lesson.load_yaml(lesson.DOCKER_DIR / "compose.yaml")
+    doc["services"]["vllm"]["stop_grace_periods"] = "75s"
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(json.dumps(doc))  # JSON is YAML
+    proc = lesson.validate_compose(broken)
+    assert proc.returncode != 0 and "stop_grace_periods" in proc.stdout + proc.stderr
+
+
+def test_compose_wires_prometheus_to_vllm_and_outlasts_the_drain():
+    compose = lesson.load_yaml(lesson.DOCKER_DIR / "compose.yaml")
+    prom = lesson.load_yaml(lesson.DOCKER_DIR / "prometheus.yml")
+    vllm = compose["services"]["vllm"]
+    assert compose["services"]["prometheus"]["image"] == "prom/prometheus:v3.5.0"
+    job = prom["scrape_configs"][0]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["vllm:8000"]  # service name : container port
+    assert compose["services"]["prometheus"]["depends_on"]["vllm"]["condition"] == "service_healthy"
+    drain = int(lesson.flag_value(lesson.dockerfile_facts()["cmd"], "--shutdown-timeout"))
+    assert int(vllm["stop_grace_period"].rstrip("s")) > drain  # Docker's default of 10 s would SIGKILL mid-drain
+    assert "VLLM_API_KEY" in vllm["environment"]
+
+
+def test_headroom_formula_worked_examples():
+    cpu, gpu = lesson.headroom_rows()
+    assert cpu["per_token"] == 2 * 30 * 3 * 64 * 4 == 46080
+    assert gpu["per_token"] == 2 * 32 * 8 * 128 * 2 == 131072
+    assert cpu["kv_tokens"] % 128 == 0 and gpu["kv_tokens"] % 16 == 0
+    assert cpu["preempt_risk"] is False  # 4 sequences of 512 tokens fit many times over
+    assert gpu["full_length_seqs"] < gpu["max_num_seqs"]  # 64 full 8K sequences do not fit on one H100
+
+
+def test_exercise_replicas_needed_little_law():
+    assert lesson.replicas_needed(target_rps=10, e2e_latency_s=4.0, concurrency_per_replica=64) == 1
+    assert lesson.replicas_needed(target_rps=40, e2e_latency_s=4.0, concurrency_per_replica=64) == 4
+    assert lesson.replicas_needed(0.1, 1.0, 4) == 1
+
+
+# ---------------------------------------------------------------- the production server
+
+@pytest.mark.engine
+def test_api_key_guards_v1_but_not_health_or_metrics(prod):
+    rows = {(r["request"], r["key"]): r["status"] for r in lesson.check_auth(prod)}
+    assert rows[("GET /v1/models", "沒有")] == 401
+    assert rows[("GET /v1/models", "錯誤")] == 401
+    assert rows[("GET /v1/models", "正確")] == 200
+    assert rows[("GET /health", "沒有")] == 200
+    assert rows[("GET /metrics", "沒有")] == 200
+    response = httpx.post(f"{prod.api_url}/completions", json={"model": prod.model, "prompt": "Hi", "max_tokens": 2})
+    assert response.status_code == 401 and response.json() == {"error": "Unauthorized"}
+
+
+@pytest.mark.engine
+def test_served_model_name_replaces_the_path(prod):
+    models = httpx.get(f"{prod.api_url}/models", headers=lesson.auth_headers(prod)).json()["data"]
+    assert [m["id"] for m in models] == [lesson.SERVED_NAME]
+    assert models[0]["max_model_len"] == MAX_MODEL_LEN
+    response = httpx.post(f"{prod.api_url}/completions", headers=lesson.auth_headers(prod),
+                          json={"model": "smollm2", "prompt": "Hi", "max_tokens": 2})
+    assert response.status_code == 404
+    assert f"Valid aliases: {lesson.SERVED_NAME}" in response.json()["error"]["message"]
+
+
+@pytest.mark.engine
+def test_exercise_is_ready(prod):
+    assert lesson.is_ready(prod) is True
+    stranger = lesson.VLLMEndpoint(prod.base_url, prod.model, api_key="not-the-key")
+    assert lesson.is_ready(stranger) is False
+    other_name = lesson.VLLMEndpoint(prod.base_url, "llama-8b", api_key=prod.api_key)
+    assert lesson.is_ready(other_name) is False
+
+
+@pytest.mark.engine
+def test_the_readiness_and_healthcheck_commands_of_the_files_work_against_a_real_server(prod):
+    port = prod.base_url.rsplit(":", 1)[1]
+    probe = lesson.deployment_container()["readinessProbe"]["exec"]["command"]
+    code = probe[-1].replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    run = lambda key: subprocess.run([sys.executable, "-c", code], env={**os.environ, "VLLM_API_KEY": key},  # noqa: E731
+                                     capture_output=True, text=True, timeout=30)
+    assert run(prod.api_key).returncode == 0
+    failed = run("not-the-key")
+    assert failed.returncode != 0 and "401" in failed.stderr
+    healthcheck = json.loads(lesson.dockerfile_facts()["healthcheck"].split("CMD", 1)[1])
+    assert healthcheck[:2] == ["python3", "-c"]
+    ok = subprocess.run([sys.executable, "-c", healthcheck[2].replace("127.0.0.1:8000", f"127.0.0.1:{port}")],
+                        capture_output=True, timeout=30)
+    assert ok.returncode == 0
+
+
+@pytest.mark.engine
+def test_limits_at_max_model_len_give_the_servers_real_answers(prod, tmp_path):
+    rows = lesson.probe_limits(prod, MAX_MODEL_LEN)
+    too_many, too_long, clamped = rows
+    assert too_many["status"] == 400
+    assert too_many["detail"].startswith(f"max_tokens={MAX_MODEL_LEN + 1} cannot be greater than "
+                                         f"max_model_len={MAX_MODEL_LEN}")
+    assert too_long["status"] == 400
+    assert too_long["detail"].startswith(f"This model's maximum context length is {MAX_MODEL_LEN} tokens")
+    assert clamped["status"] == 200  # vLLM 0.32 shortens max_tokens to what is left of the context
+    usage = clamped["usage"]
+    assert usage["prompt_tokens"] == MAX_MODEL_LEN - 8
+    assert usage["completion_tokens"] == MAX_MODEL_LEN - usage["prompt_tokens"] == 8
+    assert "finish_reason=length" in clamped["detail"]
+    lesson.write_limits(rows, root=tmp_path)
+    assert "cannot be greater than" in (tmp_path / lesson.LESSON / "limits.md").read_text()
+
+
+@pytest.mark.engine
+def test_max_num_seqs_queues_the_fifth_request_instead_of_failing_it(prod):
+    from concurrent.futures import ThreadPoolExecutor
+
+    seen = set()
+    with ThreadPoolExecutor(MAX_NUM_SEQS + 1) as pool:
+        futures = [pool.submit(lesson._complete, prod, f"Story {i}:", 48) for i in range(MAX_NUM_SEQS + 1)]
+        deadline = time.monotonic() + 60
+        while not all(f.done() for f in futures) and time.monotonic() < deadline:
+            values = lesson.scrape_metrics(prod.base_url)
+            seen.add((int(values["vllm:num_requests_running"]), int(values["vllm:num_requests_waiting"])))
+            time.sleep(0.05)
+        statuses = [f.result().status_code for f in futures]
+    assert statuses == [200] * (MAX_NUM_SEQS + 1)  # nobody is rejected
+    assert max(running for running, _ in seen) == MAX_NUM_SEQS  # never more than --max-num-seqs at once
+    assert (MAX_NUM_SEQS, 1) in seen  # the fifth one waited in the queue
+
+
+@pytest.mark.engine
+def test_metric_names_of_the_page_exist_on_the_running_server(prod):
+    families = lesson.metric_families(prod.base_url)
+    for name in lesson.WATCHED:
+        assert name in families, name
+    assert "vllm:gpu_cache_usage_perc" not in families  # renamed to vllm:kv_cache_usage_perc
+    assert "vllm:time_per_output_token_seconds" not in families  # renamed to vllm:inter_token_latency_seconds
+
+
+@pytest.mark.engine
+def test_metrics_move_with_requests_and_exercise_mean_ttft(prod):
+    before = lesson.scrape_metrics(prod.base_url)
+    start = time.perf_counter()
+    for _ in range(2):
+        assert lesson._complete(prod, "Hello", 8).status_code == 200
+    wall = time.perf_counter() - start
+    after = lesson.scrape_metrics(prod.base_url)
+    assert after["vllm:generation_tokens_total"] - before.get("vllm:generation_tokens_total", 0) == 16
+    assert after["vllm:time_to_first_token_seconds_count"] - before.get(
+        "vllm:time_to_first_token_seconds_count", 0) == 2
+    assert 0.0 <= after["vllm:kv_cache_usage_perc"] <= 1.0
+    assert after["vllm:num_requests_running"] == 0
+    mean_ttft = lesson.mean_between(before, after, "vllm:time_to_first_token_seconds")
+    mean_itl = lesson.mean_between(before, after, "vllm:inter_token_latency_seconds")
+    assert 0 < mean_ttft < wall and 0 < mean_itl < wall
+    with pytest.raises(ValueError):
+        lesson.mean_between(after, after, "vllm:time_to_first_token_seconds")
+
+
+@pytest.mark.engine
+def test_headroom_formula_matches_what_the_server_reports(prod, settings):
+    info = lesson.cache_config(prod.base_url)
+    block = int(info["block_size"])
+    per_token = lesson.kv_bytes_per_token(lesson.SMOLLM2, 4)
+    budget = settings.kv_cache_gib * lesson.GIB
+    assert int(info["kv_cache_memory_bytes"]) == budget
+    predicted = lesson.headroom(budget, per_token, block, MAX_MODEL_LEN, MAX_NUM_SEQS)
+    assert int(info["kv_cache_size_tokens"]) == predicted["kv_tokens"]
+    assert float(info["kv_cache_max_concurrency"]) == pytest.approx(predicted["full_length_seqs"], abs=1e-3)
+
+
+@pytest.mark.engine
+def test_load_test_with_vllm_bench_serve(prod, bundled_model, tmp_path):
+    rows = lesson.load_test(prod, bundled_model.path, concurrencies=(MAX_NUM_SEQS,), root=tmp_path)
+    (row,) = rows
+    assert row["completed"] == row["num_prompts"] == 16 and row["failed"] == 0
+    assert row["total_output_tokens"] == 16 * 32  # --ignore-eos: every request generated all 32 tokens
+    for metric in ("ttft", "itl"):
+        p50, p90, p99 = (row[f"p{p}_{metric}_ms"] for p in (50, 90, 99))
+        assert p99 >= p90 >= p50 > 0, metric
+    assert row["p50_e2el_ms"] > row["p50_ttft_ms"]  # a request lasts longer than its first token
+    assert row["output_throughput"] > 0
+    # throughput ≈ tokens / duration, as the tool defines it
+    assert row["output_throughput"] == pytest.approx(row["total_output_tokens"] / row["duration_s"], rel=1e-6)
+    saved = json.loads((tmp_path / lesson.LESSON / "load_test.json").read_text())
+    assert saved["rows"][0]["p99_ttft_ms"] == row["p99_ttft_ms"] and saved["provenance"]["profile"] == "cpu"
+    # Exercise: how many replicas for 8 requests/s at the measured median latency?
+    e2e_s = row["p50_e2el_ms"] / 1000
+    replicas = lesson.replicas_needed(8, e2e_s, MAX_NUM_SEQS)
+    capacity = MAX_NUM_SEQS * 0.8  # requests one replica holds at 80 % of max_num_seqs
+    assert (replicas - 1) * capacity < 8 * e2e_s <= replicas * capacity or replicas == 1
+
+
+@pytest.mark.engine
+def test_triton_counterpart_health_and_metrics(triton_shared):
+    health = lesson.triton_health(triton_shared)
+    assert health["live"] == 200
+    # ready means: the server and every model it should serve are ready (one model still loading → 400)
+    assert (health["ready"] == 200) == (health["models_not_ready"] == []), health["models_not_ready"]
+    assert "nv_inference_request_success" in health["metric_families"]
+    assert health["metrics_port"] != triton_shared.http.rsplit(":", 1)[1]  # metrics have a port of their own
+
+
+@pytest.mark.engine
+def test_sigterm_drains_the_in_flight_stream_then_exits_cleanly(prod, tmp_path):
+    """Last test of the module: it stops the ``prod`` server."""
+    report = lesson.sigterm_during_stream(prod, SHUTDOWN_TIMEOUT, max_tokens=32)
+    assert report.exit_code == 0
+    assert report.exit_s < SHUTDOWN_TIMEOUT + 15
+    assert report.chunks_before >= 3 and report.chunks_after > 0  # generation went on after SIGTERM
+    assert report.completion_tokens == 32 and report.finish_reason == "length"  # the request was completed
+    # nothing new is admitted while draining; vLLM 0.32 answers 500 (the page's troubleshooting table)
+    assert report.new_request == "500 cannot schedule new futures after shutdown"
+    assert report.health_during_drain == "200"  # /health stays 200: readiness does not take the pod out
+    assert prod.process.proc.poll() == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{prod.base_url}/health", timeout=5)
+    lesson.write_shutdown(report, root=tmp_path)
+    assert (tmp_path / lesson.LESSON / "shutdown.md").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.engine
+def test_gpu_load_test_on_an_8b_model():
+    from servelab.runtime.provenance import provenance
+
+    assert provenance()["gpu"] is not None
+    rows = lesson.gpu_load_test()
+    assert [r["max_concurrency"] for r in rows] == [1, 8, 32, 64]
+    for row in rows:
+        assert row["failed"] == 0 and row["completed"] == row["num_prompts"]
+        assert row["p99_ttft_ms"] >= row["p50_ttft_ms"] > 0 and row["p99_itl_ms"] >= row["p50_itl_ms"] > 0
+    assert rows[-1]["output_throughput"] > rows[0]["output_throughput"]  # batching raises throughput
+    assert (lesson.ROOT / "results" / lesson.LESSON / "load_test_gpu.md").exists()
