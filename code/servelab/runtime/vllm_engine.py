@@ -132,9 +132,20 @@ def offline_llm(settings: Settings | None = None, **overrides) -> Iterator:
     from vllm import LLM
 
     llm = LLM(**{**engine_kwargs(settings), **overrides})
+    threads = None
+    if settings.profile == "cpu":
+        # vLLM's CPU worker binds its OpenMP threads to all cores but one and disables
+        # torch.set_num_threads; with the engine in this process, more torch threads than bound cores
+        # spin against each other (a 10x slowdown on 2 cores). torch._C's setter is the original one.
+        import torch
+
+        threads = torch.get_num_threads()
+        torch._C.set_num_threads(max(1, len(os.sched_getaffinity(0)) - 1))
     try:
         yield llm
     finally:
+        if threads is not None:
+            torch._C.set_num_threads(threads)
         core = getattr(llm.llm_engine, "engine_core", None)
         if hasattr(core, "shutdown"):
             core.shutdown()
