@@ -7,9 +7,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.servelab-installed
 
-.PHONY: setup model serve build test test-fast test-gpu notebooks clean
+.PHONY: setup system model serve build test test-fast test-gpu notebooks clean
 
-setup: $(STAMP) model
+setup: system $(STAMP) model
+
+# Debian's Prometheus (prometheus + promtool): the monitoring lessons scrape Triton and vLLM with it.
+system:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	  else echo "make setup needs Debian's prometheus package: sudo apt-get install prometheus" >&2; exit 1; fi; }
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
