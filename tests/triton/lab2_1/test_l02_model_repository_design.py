@@ -250,4 +250,8 @@ def test_kind_gpu_instances_on_the_gpu(triton_shared, tmp_path):
         assert row["device"].startswith("cuda:0 NVIDIA")
         assert row["instances"] == row["count"] and row["y0"] == 2.0
     cpu_rows = read_results(lesson.LESSON, "instance_groups_gpu")["rows"]  # KIND_CPU on the GPU host's cores
-    assert [(r["processes"], r["parallel"]) for r in cpu_rows] == [(1, 1), (2, 2), (4, 4)]
+    assert [r["processes"] for r in cpu_rows] == [1, 2, 4]  # every instance is its own stub process
+    # requests really overlap across instances; how many at once depends on the client's timing (an H100
+    # host once showed 3 of 4), so the bound is "more than one, at most count"
+    assert cpu_rows[0]["parallel"] == 1
+    assert all(1 < r["parallel"] <= r["count"] for r in cpu_rows[1:])
