@@ -4,6 +4,7 @@
 * ``llm_shared``    — an offline ``vllm.LLM`` in this process
 * ``triton_shared`` — ``tritonserver`` in explicit model-control mode on a session repository;
                       lessons add their models with ``triton_shared.add_model(folder)``
+* ``triton_scratch`` — a second Triton for loads that are meant to fail (they leave a server not ready)
 
 Starting ``vllm_shared``/``triton_shared`` also exports ``SERVELAB_VLLM_URL`` /
 ``SERVELAB_TRITON_ENDPOINT`` (and ``SERVELAB_TRITON_HTTP`` for curl), so notebooks and code blocks run in this session reach the same engines.
@@ -114,6 +115,20 @@ def triton_shared(tmp_path_factory):
         yield endpoint
         _export("SERVELAB_TRITON_ENDPOINT", None)
         _export("SERVELAB_TRITON_HTTP", None)
+
+
+@pytest.fixture(scope="session")
+def triton_scratch(tmp_path_factory):
+    """A second session Triton for loads that are *meant* to fail (broken repositories, missing backends).
+
+    A failed load leaves Triton not ready (``/v2/health/ready`` → 400) for the rest of its life: the server
+    keeps the failed model in its lifecycle even after its folder is removed and ``unload_model`` is called.
+    Failure demos therefore never touch ``triton_shared``.
+    """
+    from servelab.runtime import triton_server
+
+    with triton_server(tmp_path_factory.mktemp("triton-scratch")) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

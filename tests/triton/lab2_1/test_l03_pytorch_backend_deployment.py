@@ -117,7 +117,7 @@ def test_dlpack_probe_shows_zero_copy_and_the_contiguity_rule(triton_shared):
 # --- the PyTorch backend's layouts: written and checked here, refused by this Triton build -------
 
 @pytest.mark.engine
-def test_legacy_libtorch_layout(triton_shared, tmp_path):
+def test_legacy_libtorch_layout(triton_scratch, tmp_path):
     with pytest.warns(match="torch.jit.trace` is deprecated"):
         folder = lesson.write_libtorch_model(tmp_path)
     assert 'platform: "pytorch_libtorch"' in (folder / "config.pbtxt").read_text()
@@ -126,13 +126,13 @@ def test_legacy_libtorch_layout(triton_shared, tmp_path):
     with torch.inference_mode():
         diff = np.abs(scripted(torch.from_numpy(rows)).numpy() - lesson.reference_logits(rows)).max()
     assert diff <= TOLERANCE
-    error = lesson.try_load(triton_shared, folder)
+    error = lesson.try_load(triton_scratch, folder)
     assert "unable to find backend library for backend 'pytorch'" in error
-    assert not (triton_shared.repository / folder.name).exists()
+    assert not (triton_scratch.repository / folder.name).exists()
 
 
 @pytest.mark.engine
-def test_pytorch2_model_py_layout(triton_shared, tmp_path):
+def test_pytorch2_model_py_layout(triton_scratch, tmp_path):
     folder = lesson.write_pt2_model(tmp_path)
     config = (folder / "config.pbtxt").read_text()
     assert 'backend: "pytorch"' in config and 'runtime: "model.py"' in config
@@ -142,17 +142,17 @@ def test_pytorch2_model_py_layout(triton_shared, tmp_path):
     with torch.inference_mode():
         np.testing.assert_allclose(model(torch.from_numpy(rows)).numpy(), lesson.reference_logits(rows),
                                    atol=TOLERANCE)
-    error = lesson.try_load(triton_shared, folder)
+    error = lesson.try_load(triton_scratch, folder)
     assert "unable to find Python backend based backend library 'model.py'" in error
     assert "pytorch/model.py" in error
 
 
 @pytest.mark.engine
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this reproduces the error of a machine without a GPU")
-def test_kind_gpu_without_a_gpu_is_refused(triton_shared):
+def test_kind_gpu_without_a_gpu_is_refused(triton_scratch):
     with tempfile.TemporaryDirectory() as tmp:
         folder = lesson.write_torch_model(Path(tmp), "l03_pt_kind_gpu", kind="KIND_GPU")
-        error = lesson.try_load(triton_shared, folder)
+        error = lesson.try_load(triton_scratch, folder)
     assert "specifies invalid or unsupported gpu id 0" in error
 
 
