@@ -2,22 +2,32 @@
 
 ``results/<track>/<lab>/<lesson>/<name>.json`` holds the data and where it ran; ``<name>.md`` beside it
 is the table a page includes with ``--8<-- "results/…/<name>.md"``.
+
+``SERVELAB_RESULTS_DIR`` points writes and reads elsewhere: the CPU test session sets it to a scratch copy,
+so running the tests never rewrites the book's figures (a real run — ``servelab run``, ``make notebooks``,
+the GPU suite — writes into ``results/``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from servelab.book.tree import ROOT
 from servelab.runtime.provenance import describe, provenance
 
-RESULTS = ROOT / "results"
+RESULTS = ROOT / "results"  # the book's committed figures
+
+
+def results_root() -> Path:
+    override = os.environ.get("SERVELAB_RESULTS_DIR")
+    return Path(override) if override else RESULTS
 
 
 def results_dir(lesson_rel: str) -> Path:
-    return RESULTS / lesson_rel
+    return results_root() / lesson_rel
 
 
 def _cell(value) -> str:
@@ -37,7 +47,7 @@ def write_results(lesson_rel: str, name: str, rows: Sequence[dict], columns: dic
                   extra: dict | None = None, root: Path | None = None) -> Path:
     """Write ``name.json`` (rows + provenance) and ``name.md`` (a table with a 'where it ran' line)."""
     prov = provenance()
-    folder = (root or RESULTS) / lesson_rel
+    folder = (root or results_root()) / lesson_rel
     folder.mkdir(parents=True, exist_ok=True)
     data = {"name": name, "provenance": prov, "rows": list(rows), "columns": columns, **(extra or {})}
     (folder / f"{name}.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
@@ -48,5 +58,5 @@ def write_results(lesson_rel: str, name: str, rows: Sequence[dict], columns: dic
 
 
 def read_results(lesson_rel: str, name: str) -> dict | None:
-    path = RESULTS / lesson_rel / f"{name}.json"
+    path = results_root() / lesson_rel / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None

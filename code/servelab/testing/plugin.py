@@ -21,6 +21,25 @@ import pytest
 from servelab.runtime import settings as settings_module
 
 
+def pytest_configure(config):
+    """CPU test runs write their figures into a scratch copy of ``results/``, never into the book's own.
+
+    The GPU profile writes into ``results/`` itself: that is how the GPU runner's figures reach the book.
+    """
+    if os.environ.get("SERVELAB_PROFILE") == "gpu" or os.environ.get("SERVELAB_RESULTS_DIR"):
+        return
+    import shutil
+    import tempfile
+
+    from servelab.book.tree import ROOT
+
+    scratch = tempfile.mkdtemp(prefix="servelab-results-")
+    if (ROOT / "results").is_dir():
+        shutil.copytree(ROOT / "results", scratch, dirs_exist_ok=True)
+    os.environ["SERVELAB_RESULTS_DIR"] = scratch
+    config.add_cleanup(lambda: shutil.rmtree(scratch, ignore_errors=True))
+
+
 def _gpu_available() -> tuple[bool, str]:
     if os.environ.get("SERVELAB_PROFILE") != "gpu":
         return False, "GPU test: set SERVELAB_PROFILE=gpu on a machine with an NVIDIA GPU (make test-gpu)"

@@ -903,12 +903,12 @@ BROKEN_COLUMNS = {"title": "錯誤", "validator": "驗證器規則", "stage": "�
 
 def write_all(endpoint, repository: Path) -> dict[str, Path]:
     """The CPU results the page includes (real server, this machine)."""
-    from servelab.runtime.results import RESULTS, write_results
+    from servelab.runtime.results import results_root, write_results
 
     out = {}
     example = scale_folder(PREFIX + "versions", versions=(1, 2, 3), version_policy=VersionPolicy.latest(2))
-    (RESULTS / LESSON).mkdir(parents=True, exist_ok=True)
-    (RESULTS / LESSON / "example_config.pbtxt").write_text(example.config.to_pbtxt())
+    (results_root() / LESSON).mkdir(parents=True, exist_ok=True)
+    (results_root() / LESSON / "example_config.pbtxt").write_text(example.config.to_pbtxt())
     rows = version_policy_demo(endpoint, repository)
     out["versions"] = write_results(LESSON, "version_policy", rows, {
         "policy": "version_policy", "ready": "READY 的版本", "v_": "不指定版本", "v1": "指定 1", "v2": "指定 2",
