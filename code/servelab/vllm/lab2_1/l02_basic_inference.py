@@ -19,10 +19,11 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 from servelab.runtime import VLLMEndpoint, get_settings, offline_llm, prepare_model, vllm_endpoint
+from servelab.runtime.vllm_engine import cpu_threads  # torch threads = the cores vLLM's CPU worker binds
 from servelab.runtime.results import results_dir, write_results
 
 LESSON = "vllm/lab2_1/l02_basic_inference"
@@ -240,29 +241,6 @@ TEMPERATURE_COLUMNS = {"temperature": "temperature", "n": "樣本數 n", "distin
 # ---------------------------------------------------------------------------------------------------
 # 4. 一次送出多個提示
 # ---------------------------------------------------------------------------------------------------
-
-@contextmanager
-def cpu_threads(count: int | None = None) -> Iterator[int]:
-    """Run torch ops with ``count`` threads (CPU profile): as many as vLLM's CPU worker binds.
-
-    vLLM's CPU worker reserves one core for the scheduler and binds its OpenMP threads to the rest,
-    and then replaces ``torch.set_num_threads`` with a function that only warns. With the engine in
-    this process, more torch threads than bound cores spin against each other; ``torch._C``'s setter
-    is the original one.
-    """
-    import torch
-
-    if get_settings().profile != "cpu":
-        yield torch.get_num_threads()
-        return
-    count = count or max(1, len(os.sched_getaffinity(0)) - 1)
-    before = torch.get_num_threads()
-    torch._C.set_num_threads(count)
-    try:
-        yield count
-    finally:
-        torch._C.set_num_threads(before)
-
 
 # --8<-- [start:batching]
 def batch_vs_loop(llm, prompts: Sequence[str], max_tokens: int = 16) -> dict:
