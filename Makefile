@@ -9,14 +9,29 @@ STAMP := $(VENV)/.servelab-installed
 
 .PHONY: setup system model serve build test test-fast test-gpu notebooks clean
 
-setup: system $(STAMP) model
+MERMAID := docs/assets/vendor/mermaid.min.js
 
-# Debian's Prometheus (prometheus + promtool): the monitoring lessons scrape Triton and vLLM with it.
+setup: system $(STAMP) model $(MERMAID)
+
+# Debian packages: Prometheus (prometheus + promtool), the monitoring lessons scrape Triton and vLLM with it;
+# Chromium, tests/book/test_browser.py opens the built site in it; npm (when the machine has none), it
+# fetches the site's Mermaid from the npm registry.
 system:
-	@command -v prometheus >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
-	  else echo "make setup needs Debian's prometheus package: sudo apt-get install prometheus" >&2; exit 1; fi; }
+	@missing=""; \
+	  command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	  command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	    else echo "make setup needs Debian's packages:$$missing (sudo apt-get install$$missing)" >&2; exit 1; fi; \
+	  fi
+
+# The site serves its own Mermaid (the npm registry's mermaid package, pinned by version and SHA-256 in
+# code/servelab/book/vendor.py), so the book works offline; nothing is loaded from a CDN.
+$(MERMAID): code/servelab/book/vendor.py | $(STAMP)
+	$(PY) -m servelab.book.vendor
+	touch $@
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -52,9 +67,11 @@ test-fast: setup
 notebooks: setup
 	$(PY) -m servelab.book.notebooks --write
 
-# On a GPU machine with vLLM 0.26.0 installed (see README: "GPU 測試").
+# The GPU suite, one recipe everywhere (README「GPU 測試」): build the pinned wheel sets, then run the suite.
+# On an offline GPU machine, run .ci/gpu-wheels where pip works and move the parts over (see .ci/gpu-suite).
 test-gpu:
-	SERVELAB_PROFILE=gpu python3 -m pytest tests -m gpu -p no:cacheprovider
+	.ci/gpu-wheels /tmp/gw
+	GPU_WHEELS=/tmp/gw .ci/gpu-suite
 
 clean:
 	rm -rf site $(VENV)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from servelab.book.stale_apis import scan_text
-from servelab.book.tree import lessons
+from servelab.book.tree import ROOT, lessons
 
 SNIPPET_REF = re.compile(r"""^\s*-{1,}8<-{1,}\s+["']([^"':]+)(?::([\w\-]+))?["']\s*$""")
 SECTION = re.compile(r"--8<--\s*\[(start|end):([\w\-]+)\]")
@@ -201,3 +201,176 @@ ALL_RULES = {
     "stale_api_hits": stale_api_hits,
     "unexecuted_notebooks": unexecuted_notebooks,
 }
+
+
+# --- the snippet contract: what a reader copies runs as shown -------------------------------------------
+# Every Python snippet a lesson page includes, preceded by the page's ``context`` section(s), compiles and
+# has no undefined names (pyflakes). A deliberately partial snippet is preceded by PARTIAL_MARKER.
+PARTIAL_MARKER = "<!-- snippet: partial -->"
+PARTIAL = re.compile(r"^\s*<!--\s*snippet:\s*partial\s*-->\s*$")
+PYTHON_FENCES = {"py", "python", "python3"}
+CONTEXT = "context"
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """One fenced Python block on a page made of ``--8<--`` includes of package code."""
+
+    page: Path
+    line: int
+    refs: tuple[tuple[str, str | None], ...]  # (file, section)
+    partial: bool
+
+    @property
+    def sections(self) -> str:
+        return ", ".join(f"{name}:{section}" if section else name for name, section in self.refs)
+
+    @property
+    def is_context(self) -> bool:
+        return all(section == CONTEXT for _, section in self.refs)
+
+
+def section_text(path: Path, section: str | None) -> str:
+    """The code pymdownx.snippets shows for ``file:section`` (nested section markers removed), dedented."""
+    import textwrap
+
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if section is not None:
+        start = next((i for i, line in enumerate(lines) if re.search(rf"--8<--\s*\[start:{re.escape(section)}\]", line)), None)
+        if start is None:
+            return ""
+        end = next((i for i in range(start + 1, len(lines))
+                    if re.search(rf"--8<--\s*\[end:{re.escape(section)}\]", lines[i])), len(lines))
+        lines = lines[start + 1:end]
+    lines = [line for line in lines if not SECTION.search(line)]
+    return textwrap.dedent("\n".join(lines)) + "\n"
+
+
+def python_snippets(page: Path) -> list[Snippet]:
+    """The page's Python fences that include ``.py`` files (``py title=…`` blocks of ``--8<--`` lines)."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    found = []
+    for block in fenced_blocks(page):
+        if block.lang.lower() not in PYTHON_FENCES:
+            continue
+        refs = []
+        for line in block.body:
+            match = SNIPPET_REF.match(line)
+            if match and match[1].endswith(".py"):
+                refs.append((match[1], match[2]))
+        if not refs:
+            continue
+        partial, i = False, block.line - 2  # the line before the fence, 0-based
+        while i >= 0 and (not lines[i].strip() or lines[i].strip().startswith("<!--")):
+            partial = partial or bool(PARTIAL.match(lines[i]))
+            i -= 1
+        found.append(Snippet(page, block.line, tuple(refs), partial))
+    return found
+
+
+def _undefined_names(code: str, skip_lines: int = 0) -> list[str]:
+    """pyflakes' undefined-name findings (and syntax errors) in ``code``, after its first ``skip_lines``."""
+    from pyflakes import checker, messages
+
+    try:
+        tree = compile(code, "<snippet>", "exec", flags=0x400, dont_inherit=True)  # ast.PyCF_ONLY_AST
+    except SyntaxError as error:
+        return [f"syntax error: {error.msg} (line {error.lineno})"]
+    undefined = (messages.UndefinedName, messages.UndefinedLocal, messages.UndefinedExport)
+    found = checker.Checker(tree, filename="<snippet>")
+    names = []
+    for message in sorted(found.messages, key=lambda m: m.lineno):
+        if isinstance(message, undefined) and message.lineno > skip_lines:
+            name = message.message_args[0]
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def lesson_pages(root: Path) -> list[Path]:
+    pages = [root / item.page.relative_to(ROOT) for item in lessons()]
+    return [page for page in pages if page.exists()]
+
+
+def snippet_undefined_names(root: Path, pages: list[Path] | None = None) -> list[str]:
+    """Each included Python snippet, pasted after the page's ``context`` section(s), runs as shown."""
+    errors = []
+    for page in pages if pages is not None else lesson_pages(root):
+        rel = page.relative_to(root)
+        snippets = python_snippets(page)
+        contexts = [s for s in snippets if s.is_context]
+        context_code = ""
+        for snippet in contexts:
+            for name, section in snippet.refs:
+                target = resolve_snippet(root, name)
+                if target is not None:
+                    context_code += section_text(target, section)
+        if context_code:
+            names = _undefined_names(context_code)
+            if names:
+                errors.append(f"{rel}: context: undefined names {', '.join(names)}")
+        skip = len(context_code.splitlines())
+        for snippet in snippets:
+            if snippet.is_context or snippet.partial:
+                continue
+            code = context_code
+            for name, section in snippet.refs:
+                target = resolve_snippet(root, name)
+                if target is None:
+                    continue  # missing_snippets reports it
+                code += section_text(target, section)
+            where = f"{rel}:{snippet.line} [{snippet.sections}]"
+            names = _undefined_names(code, skip_lines=skip)
+            if names:
+                errors.append(f"{where}: undefined names {', '.join(names)}"
+                              + ("" if context_code else " (the page shows no context section)"))
+            if "__file__" in "\n".join(code.splitlines()[skip:]):
+                errors.append(f"{where}: uses __file__ (in a reader's script it is the reader's own file)")
+    return errors
+
+
+def snippet_context_shown(root: Path) -> list[str]:
+    """A lesson page with Python snippets shows its module's ``context`` section once, before the first one."""
+    errors = []
+    for item in lessons():
+        page = root / item.page.relative_to(ROOT)
+        if not page.exists():
+            continue
+        snippets = python_snippets(page)
+        if not snippets:
+            continue
+        rel = page.relative_to(root)
+        own = f"servelab/{item.rel}.py"
+        shown = [s for s in snippets if (own, CONTEXT) in s.refs]
+        if not shown:
+            errors.append(f"{rel}: has Python snippets but does not show {own}:{CONTEXT} "
+                          f"(a collapsed ??? info block before the first snippet)")
+            continue
+        if len(shown) > 1:
+            errors.append(f"{rel}: shows {own}:{CONTEXT} {len(shown)} times (lines "
+                          f"{', '.join(str(s.line) for s in shown)}); show it once")
+        first = next((s for s in snippets if not s.is_context), None)
+        if first is not None and first.line < shown[0].line:
+            errors.append(f"{rel}:{first.line}: the first Python snippet comes before {own}:{CONTEXT} "
+                          f"(line {shown[0].line})")
+    return errors
+
+
+ALL_RULES["snippet_undefined_names"] = snippet_undefined_names
+ALL_RULES["snippet_context_shown"] = snippet_context_shown
+
+
+def notebook_hygiene(root: Path) -> list[str]:
+    """Stored notebook outputs show no machine paths and no library warnings (``make notebooks`` scrubs)."""
+    from servelab.book.notebooks import hygiene_problems
+
+    errors = []
+    for path in sorted((root / "docs" / "notebooks").rglob("*.ipynb")):
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+        rel = path.relative_to(root)
+        errors.extend(f"{rel}: {problem} (python -m servelab.book.notebooks --scrub {rel})"
+                      for problem in hygiene_problems(notebook))
+    return errors
+
+
+ALL_RULES["notebook_hygiene"] = notebook_hygiene

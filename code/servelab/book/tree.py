@@ -104,12 +104,12 @@ TRACKS: tuple[Track, ...] = (
     Track("triton", "Triton_Track", "Triton 企業級軌道", (
         _lab("triton", "lab2_1", "Lab-2.1-Triton_Server_Basics", "Triton 伺服器基礎", [
             ("01-Triton_Setup_and_Installation", "Triton 安裝與設定"),
-            ("02-Model_Repository_Design", "模型倉庫設計"),
+            ("02-Model_Repository_Design", "模型儲存庫設計"),
             ("03-PyTorch_Backend_Deployment", "PyTorch 後端部署"),
             ("04-Monitoring_and_Performance", "監控與效能"),
         ]),
         _lab("triton", "lab2_2", "Lab-2.2-Multi_Model_Management", "多模型管理", [
-            ("01-Multi_Model_Repository", "多模型倉庫"),
+            ("01-Multi_Model_Repository", "多模型儲存庫"),
             ("02-Version_Control_and_AB_Testing", "版本控制與 A/B 測試"),
             ("03-Model_Lifecycle_Management", "模型生命週期管理"),
             ("04-Advanced_Configuration", "進階設定"),

@@ -1,13 +1,19 @@
 """Start a server as a child process, wait until it is ready, and always tear it down.
 
-Shared by the vLLM and Triton launchers. Failures name their cause: a port already taken, a server that
-exited (with its exit code and the last lines of its log), a server that never became ready.
+Shared by the vLLM and Triton launchers. Failures name their cause in one line that says what to do
+(:attr:`ServerStartError.summary`); the last log lines follow in ``str(error)``:
+
+* :class:`PortInUseError` — a port is already taken;
+* :class:`ModelPathError` — the model folder does not exist or is not a model;
+* :class:`ServerDiedError` — the server exited before it was ready (exit code, cause, log);
+* :class:`ServerTimeoutError` — it never became ready.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,7 +26,48 @@ import httpx
 
 
 class ServerStartError(RuntimeError):
-    """A server did not come up; the message says why and ends with its last log lines."""
+    """A server did not come up. ``summary`` is one line that says what to do; ``str()`` adds log lines."""
+
+    def __init__(self, summary: str, details: str = "") -> None:
+        self.summary = summary
+        self.details = details
+        super().__init__(f"{summary}\n{details}" if details else summary)
+
+
+class PortInUseError(ServerStartError):
+    """A port the server needs is taken (by another server, or a reader's earlier run)."""
+
+
+class ModelPathError(ServerStartError):
+    """The model to serve is a path that does not exist or holds no ``config.json``."""
+
+
+class ServerDiedError(ServerStartError):
+    """The server exited before it was ready."""
+
+
+class ServerTimeoutError(ServerStartError):
+    """The server did not become ready in time."""
+
+
+# log lines that name why a server died; the last such line wins, a busy port wins over everything
+_PORT_BUSY = re.compile(r"address already in use", re.I)
+_CAUSE = re.compile(r"\b\w*(Error|Exception)\b: .+|\berror: .+|No such file or directory|does not exist", re.I)
+_NOT_A_CAUSE = re.compile(r"WARNING|See root cause above|nanobind|leaked|resource_tracker|warnings\.warn")
+
+
+def log_cause(path: Path) -> str | None:
+    """The line of a server log that best names why it died (``None`` when nothing looks like a cause)."""
+    if not path.exists():
+        return None
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines()[-300:] if line.strip()]
+    for line in reversed(lines):
+        if _PORT_BUSY.search(line) and not _NOT_A_CAUSE.search(line):
+            return line[-300:]
+    for line in reversed(lines):
+        if _CAUSE.search(line) and not _NOT_A_CAUSE.search(line):
+            return line[-300:]
+    return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -34,7 +81,9 @@ def ensure_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise ServerStartError(f"port {host}:{port} is already in use ({exc.strerror})") from exc
+            raise PortInUseError(
+                f"port {host}:{port} is already in use ({exc.strerror}): stop the server that holds it "
+                f"(`ss -ltnp 'sport = :{port}'` shows which) or choose another port") from exc
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
@@ -79,9 +128,12 @@ class ManagedProcess:
         while time.monotonic() < deadline:
             code = self.proc.poll()
             if code is not None:
-                raise ServerStartError(
-                    f"{self.name} exited with code {code} before it was ready; last log lines "
-                    f"({self.log_path}):\n{log_tail(self.log_path)}")
+                self.stop()  # its children (engine core, workers) go too
+                cause = log_cause(self.log_path)
+                raise ServerDiedError(
+                    f"{self.name} exited with code {code} before it was ready"
+                    + (f": {cause}" if cause else "") + f" — read {self.log_path} for the whole log",
+                    f"last log lines ({self.log_path}):\n{log_tail(self.log_path)}")
             try:
                 response = httpx.get(url, timeout=2.0)
                 if (ok or (lambda r: r.status_code == 200))(response):
@@ -90,12 +142,18 @@ class ManagedProcess:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise ServerStartError(
-            f"{self.name} was not ready at {url} after {timeout_s:.0f} s; last log lines "
-            f"({self.log_path}):\n{log_tail(self.log_path)}")
+        raise ServerTimeoutError(
+            f"{self.name} was not ready at {url} after {timeout_s:.0f} s — read {self.log_path}, or allow more "
+            "time with SERVELAB_STARTUP_TIMEOUT_S",
+            f"last log lines ({self.log_path}):\n{log_tail(self.log_path)}")
 
     def stop(self, timeout_s: float = 30.0, sig: int = signal.SIGTERM) -> int | None:
-        """SIGTERM the whole process group (graceful), SIGKILL what is left after ``timeout_s``."""
+        """SIGTERM the whole process group (graceful), SIGKILL what is left after ``timeout_s``.
+
+        Descendants that left the group keep the server's session: they are killed too, and those that
+        became our children (we are a subreaper in ``servelab serve``) are reaped, so no ``<defunct>``
+        ``VLLM::Worker`` stays behind.
+        """
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -113,4 +171,66 @@ class ManagedProcess:
             pass
         if self.proc.poll() is None:
             self.proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while True:  # until every member of the server's session is gone (or a zombie we cannot reap)
+            alive = session_members(self.proc.pid)
+            for pid in alive:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            reap(session_members(self.proc.pid, include_zombies=True))
+            if not alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        reap(session_members(self.proc.pid, include_zombies=True))
         return self.proc.returncode
+
+
+def session_members(sid: int, include_zombies: bool = False) -> list[int]:
+    """Processes of session ``sid`` (the server's session: it starts with ``setsid``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # state ppid pgrp session ...
+        if int(fields[3]) == sid and (include_zombies or fields[0] != "Z"):
+            found.append(int(entry.name))
+    return found
+
+
+def reap(pids: Sequence[int]) -> None:
+    """Collect the exit status of those ``pids`` that are our (possibly adopted) children."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child: its own parent (or init) reaps it
+            pass
+
+
+def become_subreaper() -> None:
+    """Linux: orphaned descendants are re-parented to this process (not to a PID 1 that may never reap)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+    except OSError:
+        pass
+
+
+def for_display(token: str) -> str:
+    """An argv token as a page shows it: the venv as ``$VIRTUAL_ENV``, the home folder as ``$HOME``.
+
+    ``servelab.book.commands.shell_join`` leaves these two variables unquoted, so the line still runs when
+    copied (in a shell where the book's venv is active).
+    """
+    import sys
+
+    if sys.prefix != sys.base_prefix:
+        token = token.replace(sys.prefix.rstrip("/") + "/", "$VIRTUAL_ENV/")
+    home = str(Path.home()).rstrip("/")
+    if home and home != "/":
+        token = re.sub(rf"(^|[=:]){re.escape(home)}(?=/|$)", r"\1$HOME", token)
+    return token

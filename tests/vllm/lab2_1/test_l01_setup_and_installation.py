@@ -104,12 +104,15 @@ def test_metadata_alias_makes_vllm_visible_as_a_cpu_build():
 def cli_runs(tmp_path_factory, bundled_model):
     """Four ``vllm`` commands at once (each one imports vLLM: ~10-20 s)."""
     shadow = lesson.fake_vllm_metadata("0.32.0", tmp_path_factory.mktemp("shadow"))  # no "+cpu"
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    missing = tmp_path_factory.mktemp("typo") / "no-such-model"
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
         report = pool.submit(lesson.check_install)
         no_plus = pool.submit(lesson.vllm_cli, "--version", extra_pythonpath=shadow)
         too_long = pool.submit(lesson.vllm_cli, "serve", str(bundled_model.path), "--dtype", "float32",
                                "--max-model-len", "100000", "--port", "0")
-        return {"report": report.result(), "no_plus": no_plus.result(), "too_long": too_long.result()}
+        wrong_path = pool.submit(lesson.vllm_cli, "serve", str(missing), "--port", "0")
+        return {"report": report.result(), "no_plus": no_plus.result(), "too_long": too_long.result(),
+                "wrong_path": wrong_path.result(), "missing": missing}
 
 
 def test_check_install_on_cpu(cli_runs, settings):
@@ -134,6 +137,16 @@ def test_max_model_len_beyond_the_models_limit_is_refused(cli_runs):
     assert result.returncode == 1
     assert ("User-specified max_model_len (100000) is greater than the derived max_model_len "
             "(max_position_embeddings=8192.0") in result.stderr
+
+
+def test_a_wrong_model_path_is_reported_as_a_bad_hub_repo_id(cli_runs):
+    """The troubleshooting entry: vLLM takes a folder that does not exist for a Hub repo id."""
+    result = cli_runs["wrong_path"]
+    assert result.returncode == 1
+    assert result.last_error == (
+        "huggingface_hub.errors.HFValidationError: Repo id must be in the form 'repo_name' or "
+        f"'namespace/repo_name': '{cli_runs['missing']}'. Use `repo_type` argument if needed.")
+    assert "does not exist" not in result.stderr  # which is why the book's launcher checks the path first
 
 
 # ---------------------------------------------------------------- the shared server

@@ -278,18 +278,57 @@ def test_roofline_of_an_8b_model_on_h100():
 
 @pytest.mark.engine
 def test_cpu_benchmark_small(llm, tmp_path):
-    rows = lesson.cpu_benchmark(llm, prompts=4, input_len=16, output_len=8, hf_batch=16, write=True,
-                                root=tmp_path)
-    vllm_row, hf_row = rows
-    assert vllm_row["output_tokens"] == hf_row["output_tokens"] == 4 * 8  # same work on both sides
-    assert vllm_row["tokens_per_s"] == pytest.approx(32 / vllm_row["seconds"])
-    assert hf_row["ratio"] == "1.0×"
-    assert vllm_row["ratio"] == f"{vllm_row['tokens_per_s'] / hf_row['tokens_per_s']:.1f}×"
-    matched = int(vllm_row["greedy_match"].split("/")[0])
-    assert matched >= 3  # the same weights: greedy outputs agree (a near-tie may flip one)
+    result = lesson.cpu_benchmark(llm, prompts=8, input_len=16, output_len=8, hf_batches=(4, 8), static_batch=4,
+                                  write=True, root=tmp_path)
+    rows = {(r["workload"], r["engine"], r["batching"]): r for r in result["rows"]}
+    fixed, varied = lesson.output_lengths(8, 8, False), lesson.output_lengths(8, 8, True)
+    assert len(set(varied)) > 2 and all(1 <= n <= 15 for n in varied)  # varied: 1..15 tokens
+    for workload, lengths in (("固定", fixed), ("長度不一", varied)):
+        assert rows[(workload, "vLLM", "全部 8 （連續）")]["output_tokens"] == sum(lengths)  # same useful work
+        assert rows[(workload, "vLLM", "4 （靜態）")]["output_tokens"] == sum(lengths)
+        assert rows[(workload, "HF transformers", "4 （靜態）")]["output_tokens"] == sum(lengths)
+        assert rows[(workload, "vLLM", "全部 8 （連續）")]["wasted"] == 0
+    # HF pads every request of a batch to the batch's longest one: with varied lengths it computes waste
+    assert rows[("固定", "HF transformers", "8 （靜態）")]["wasted"] == 0
+    hf8 = rows[("長度不一", "HF transformers", "8 （靜態）")]
+    assert hf8["wasted"] == pytest.approx(1 - sum(varied) / (8 * max(varied)))
+    best = max(r["tokens_per_s"] for k, r in rows.items() if k[0] == "長度不一" and k[1].startswith("HF"))
+    cont = rows[("長度不一", "vLLM", "全部 8 （連續）")]
+    assert cont["vs_hf_best"] == f"{cont['tokens_per_s'] / best:.1f}×"
+    small = rows[("長度不一", "HF transformers", "4 （靜態）")]["tokens_per_s"]
+    assert cont["vs_hf_small"] == f"{cont['tokens_per_s'] / small:.1f}×"
+    assert int(result["greedy_match"].split("/")[0]) >= 3  # the same weights: greedy outputs agree
+    assert result["torch_threads"] == len(lesson.vllm_bound_cpus())
     data = json.loads((tmp_path / lesson.LESSON / "throughput_cpu.json").read_text())
-    assert data["rows"] == json.loads(json.dumps(rows)) and data["provenance"]["profile"] == "cpu"
-    assert "| vLLM LLM.generate |" in (tmp_path / lesson.LESSON / "throughput_cpu.md").read_text()
+    assert data["rows"] == json.loads(json.dumps(result["rows"])) and data["provenance"]["profile"] == "cpu"
+    assert data["load_average_before"] and "| 長度不一 | vLLM |" in (tmp_path / lesson.LESSON / "throughput_cpu.md").read_text()
+
+
+@pytest.mark.engine
+def test_n_samples_share_only_full_prefix_blocks(llm):
+    """V1 runs n samples as n child requests; they share the prompt's KV only through prefix caching."""
+    short = lesson.n_sharing(llm, 5, n=4)
+    assert short["block_size"] == 128 and short["full_blocks"] == 0
+    assert short["cached_per_request"] == [0, 0, 0, 0]  # a 5-token prompt fills no block: nothing shared
+    assert short["prefill_tokens"] == 4 * 5
+    long = lesson.n_sharing(llm, 300, n=4)
+    assert long["full_blocks"] == 2
+    assert long["cached_per_request"][0] == 0  # the first child computes the prompt
+    assert long["cached_per_request"][1:] == [256, 256, 256]  # the others reuse its two full blocks
+    assert long["prefill_tokens"] == 300 + 3 * 44
+
+
+def test_cpu_threads_follow_vllms_own_binding(monkeypatch):
+    import os
+
+    bound = lesson.vllm_bound_cpus()
+    assert set(bound) <= os.sched_getaffinity(0)
+    with lesson.cpu_threads() as threads:
+        assert threads == len(bound)
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # nothing reserved: one CPU per physical core
+    assert len(lesson.vllm_bound_cpus()) >= len(bound)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")
+    assert lesson.vllm_bound_cpus() == [0]
 
 
 @pytest.mark.engine
@@ -297,24 +336,37 @@ def test_gpu_code_paths_run_on_the_cpu_engine(llm):
     """What gpu_benchmark calls on the engine, exercised here on the bundled model (token-id prompts)."""
     prompts = lesson.make_prompts(3, 8)
     assert lesson.make_prompts(3, 8) == prompts and all(len(p) == 8 for p in prompts)
-    run = lesson.run_vllm(llm, prompts, 4)
-    assert run["output_tokens"] == 12
+    run = lesson.run_vllm(llm, prompts, [2, 4, 3], batch_size=2)
+    assert run["output_tokens"] == 9 and [len(t) for t in run["tokens"]] == [2, 4, 3]
     assert lesson.decode_ms_per_token(llm, prompts[0], tokens=4, repeats=1) > 0
     rows = lesson.batch_invariance_probe(llm, {"prompt_token_ids": prompts[0]}, sizes=(1, 3), max_tokens=4,
                                          fillers=[{"prompt_token_ids": p} for p in prompts[1:]],
                                          detokenize=False)
     assert [r["batch"] for r in rows] == [1, 3] and rows[0]["same_tokens"] == "4/4"
+    fillers = lesson.many_fillers(255)
+    assert len(set(fillers)) == 255 and fillers[:31] == lesson.FILLERS
 
 
 @pytest.mark.gpu
 def test_gpu_benchmark_writes_results():
     result = lesson.gpu_benchmark()
-    vllm_row, hf_row = result["throughput"]
-    assert vllm_row["output_tokens"] == hf_row["output_tokens"] == 256 * 128
-    assert vllm_row["tokens_per_s"] > 3 * hf_row["tokens_per_s"]  # continuous batching vs batch 16
+    rows = {(r["workload"], r["engine"], r["batching"]): r for r in result["throughput"]}
+    graphs, eager = "vLLM（CUDA graphs）", "vLLM（eager）"
+    for workload in ("固定", "長度不一"):
+        cont = rows[(workload, graphs, "全部 256 （連續）")]
+        assert cont["output_tokens"] == sum(lesson.output_lengths(256, 128, workload != "固定"))
+        hf_best = max(r["tokens_per_s"] for k, r in rows.items() if k[0] == workload and k[1].startswith("HF"))
+        assert cont["tokens_per_s"] > hf_best, (workload, cont, hf_best)  # faster than HF at its best batch
+        assert cont["tokens_per_s"] > rows[(workload, graphs, "64 （靜態）")]["tokens_per_s"]
+        assert rows[(workload, eager, "全部 256 （連續）")]["tokens_per_s"] > 0
+    # HF's best batch beats its batch 16
+    assert max(r["tokens_per_s"] for k, r in rows.items() if k[1].startswith("HF") and k[0] == "固定") > \
+        rows[("固定", "HF transformers", "16 （靜態）")]["tokens_per_s"]
     decode = result["decode"][0]
     assert decode["measured_ms"] > 0.9 * decode["bound_ms"]  # nothing beats the memory bandwidth
     assert decode["measured_ms"] < 4 * decode["bound_ms"]
+    real = [r for r in result["invariance"] if r["model"].startswith("SmolLM2")]
+    assert [r["batch"] for r in real] == [1, 8, 64, 256] and real[0]["same_tokens"] == "32/32"
     for name in ("throughput_gpu", "decode_roofline_gpu", "batch_invariance_gpu"):
         data = json.loads((lesson.results_dir(lesson.LESSON) / f"{name}.json").read_text())
         assert data["provenance"]["gpu"] and data["provenance"]["profile"] == "gpu"

@@ -112,6 +112,30 @@ def test_unknown_adapter_name_is_a_404(lora_tool_server):
     assert "The model `pirate` does not exist." in str(error.value)
 
 
+@pytest.mark.engine
+def test_runtime_lora_load_use_unload(lora_tool_server, adapter, tmp_path):
+    steps = {f"{i}:{step['step']}": step for i, step in enumerate(lesson.runtime_lora(lora_tool_server, adapter))}
+    load, again, models, used, unload, gone, after = steps.values()
+    assert load["status"] == 200 and load["result"] == "Success: LoRA adapter 'ahoy-live' added successfully."
+    assert again["status"] == 400 and "has already been loaded" in again["result"]
+    assert "ahoy-live" in models["result"].split(", ")
+    assert used["status"] == 200 and used["result"] == lesson.ADAPTER_PHRASE  # the same weights, a new name
+    assert unload["status"] == 200 and "removed successfully" in unload["result"]
+    assert gone["status"] == 404 and gone["result"].startswith("The model `ahoy-live` does not exist.")
+    assert "ahoy-live" not in after["result"].split(", ")
+    assert lesson.served_models(lora_tool_server) == {"smollm2": None, "ahoy": "smollm2"}
+    table = lesson.write_runtime_lora_results(list(steps.values()), root=tmp_path).with_suffix(".md").read_text()
+    assert "load_lora_adapter" in table
+    missing = lesson.unload_adapter(lora_tool_server, "x")
+    assert missing.status_code == 404 and missing.json()["error"]["message"] == "The lora adapter 'x' cannot be found."
+
+
+@pytest.mark.engine
+def test_runtime_lora_endpoints_need_the_environment_variable(vllm_shared, adapter):
+    reply = lesson.load_adapter(vllm_shared, "ahoy-live", adapter)  # the shared server runs without it
+    assert reply.status_code == 404 and reply.json() == {"detail": "Not Found"}
+
+
 # --- 工具呼叫 ------------------------------------------------------------------------------------
 
 def test_smollm2_chat_template_ignores_tools():
@@ -163,6 +187,67 @@ def test_prefix_cache_hits_full_blocks_and_cuts_ttft(vllm_shared, tmp_path):
     assert "cache_salt" in table and "prefix_cache_hits" in table
 
 
+# --- 排程預算與 vllm serve --config ---------------------------------------------------------------
+
+@pytest.mark.engine
+def test_budget_sweep_trades_ttft_against_itl(vllm_shared, tmp_path):
+    rows = lesson.budget_sweep()
+    small, medium, default = rows
+    assert [r["budget"] for r in rows] == [*lesson.BUDGETS, 2048]  # vLLM's CPU default for vllm serve
+    assert default["max_num_seqs"] == 128
+    for row in (small, medium):  # --config took effect: vLLM logs the values it parsed from the YAML
+        assert row["flags"] == {"max_num_batched_tokens": row["budget"], "max_num_seqs": lesson.BUDGET_MAX_NUM_SEQS,
+                                "chunked_prefill_budget": row["budget"]}, row
+    assert small["chunks"] > medium["chunks"] > default["chunks"] == 1
+    # a small budget splits the long prefill: the running stream never stalls long, the long prompt waits
+    assert small["max_gap_ms"] < 0.5 * default["max_gap_ms"], rows
+    assert small["ttft_ms"] > default["ttft_ms"], rows
+    table = lesson.write_budget_results(rows, root=tmp_path).with_suffix(".md").read_text()
+    assert "max_num_batched_tokens" in table and "budget-32.yaml" in table
+
+
+def test_budget_config_is_a_flat_yaml_of_long_flags(tmp_path):
+    import yaml
+
+    path = lesson.write_budget_config(tmp_path, 64)
+    assert yaml.safe_load(path.read_text()) == {"max-num-batched-tokens": 64, "max-num-seqs": 16,
+                                                "enable-chunked-prefill": True}
+    command = lesson.serve_command("cpu")
+    assert command[command.index("--config") + 1] == "budget-32.yaml"
+
+
+def test_config_file_must_be_yaml(tmp_path):
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    (tmp_path / "budget.json").write_text('{"max-num-seqs": 4}')
+    with pytest.raises(ValueError, match="Config file must be of a yaml/yml type. json supplied"):
+        FlexibleArgumentParser().load_config_file(str(tmp_path / "budget.json"))
+
+
+def test_vllm_rejects_a_budget_below_max_num_seqs_or_without_chunked_prefill(bundled_model):
+    assert lesson.scheduler_config_error(max_num_batched_tokens=32, max_num_seqs=16) is None
+    assert lesson.scheduler_config_error(max_num_batched_tokens=8, max_num_seqs=16) == (
+        "max_num_batched_tokens (8) must be greater than or equal to max_num_seqs (16).")
+    assert lesson.scheduler_config_error(max_num_batched_tokens=32, max_num_seqs=16,
+                                         enable_chunked_prefill=False) == (
+        "max_num_batched_tokens (32) is smaller than max_model_len (2048).")
+
+
+def test_production_gpu_flags_are_the_dockerfile_and_manifest_flags():
+    from servelab.book.tree import ROOT
+
+    dockerfile = (ROOT / "docker/vllm/Dockerfile").read_text()
+    manifest = (ROOT / "docker/vllm/k8s/deployment.yaml").read_text()
+    flags = lesson.PRODUCTION_GPU_FLAGS
+    for text in (dockerfile, manifest):
+        for key in ("max_model_len", "max_num_seqs", "gpu_memory_utilization"):
+            option = "--" + key.replace("_", "-")
+            value = re.search(rf'{option}"?,?\s*(?:-\s*)?"?([\d.]+)"?', text)
+            assert value and float(value[1]) == flags[key], (option, value)
+        assert "--enforce-eager" not in text  # CUDA graphs: vLLM's default
+    assert flags["enforce_eager"] is False
+
+
 # --- 平行化 --------------------------------------------------------------------------------------
 
 def test_parameter_formula_matches_the_bundled_model_and_llama_8b(bundled_model):
@@ -187,11 +272,11 @@ def test_vllm_rejects_a_tp_size_that_does_not_split_the_heads(bundled_model):
     ok, message = lesson.vllm_accepts_tp(bundled_model.path, 2)
     assert not ok
     assert message == "Total number of attention heads (9) must be divisible by tensor parallel size (2)."
-    for tp in (1, 3, 4):  # the exercise's rule agrees with vLLM's own validation
+    for tp in (1, 3, 4, 9):  # the exercise's rule agrees with vLLM's own validation (9: one head per GPU)
         assert lesson.vllm_accepts_tp(bundled_model.path, tp)[0] == (tp in lesson.valid_tp_sizes(
             lesson.bundled_config(), [tp]))
-    assert lesson.valid_tp_sizes(lesson.bundled_config()) == [1, 3]
-    assert lesson.valid_tp_sizes(lesson.llama_8b_config()) == [1, 2, 4, 8]
+    assert lesson.valid_tp_sizes(lesson.bundled_config()) == [1, 3, 9]
+    assert lesson.valid_tp_sizes(lesson.llama_8b_config()) == [1, 2, 4, 8, 16]
 
 
 # --- 練習題 --------------------------------------------------------------------------------------
@@ -214,7 +299,7 @@ def test_exercise_expected_prefix_hits_counts_full_blocks_only():
 
 @pytest.mark.gpu
 @pytest.mark.engine
-def test_tensor_parallel_two_gpus_halves_weights_per_gpu():
+def test_tensor_parallel_two_gpus_with_production_flags():
     import torch
 
     if torch.cuda.device_count() < 2:
@@ -225,5 +310,9 @@ def test_tensor_parallel_two_gpus_halves_weights_per_gpu():
     assert all(r["weights_gib"] and r["kv_tokens"] for r in rows), rows  # parsed from the INFO startup log
     assert tp1["weights_gib"] == pytest.approx(tp1["formula_gib"], rel=0.05)
     assert tp2["weights_gib"] / tp1["weights_gib"] == pytest.approx(0.5, abs=0.05)
+    for row in rows:  # vLLM's block count (/metrics) and its KV size line (log) agree
+        if row["kv_blocks"] == row["kv_blocks"]:  # not NaN: the label exists in this vLLM
+            assert row["kv_blocks"] * row["block_size"] == pytest.approx(row["kv_tokens"], rel=0.01), row
     assert tp2["kv_tokens"] > 1.8 * tp1["kv_tokens"]  # half the KV per token and more free memory per GPU
+    assert tp1["itl_ms"] < 12, tp1  # CUDA graphs on (the eager run measured 16.5 ms/token on an H100)
     assert tp1["throughput"] > 0 and tp2["throughput"] > 0

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ except ModuleNotFoundError:
 LESSON = "triton/lab2_1/l01_triton_setup_and_installation"
 MODEL = "l01_hello"
 TEXTS = ("Triton", "推論伺服器")
+END_OF_MODEL_PY = "# ---- end of model.py ----"  # model_source() cuts the file at the last such line
 
 
 # --8<-- [start:first_model]
@@ -105,11 +107,18 @@ instance_group [ {{ kind: {kind} count: 1 }} ]
 '''
 
 
+def model_source() -> str:
+    """The model.py Triton runs: this lesson's module as installed (package ``servelab.triton.lab2_1``), cut
+    before the reader context at its end, which imports servelab (absent inside Triton's stub)."""
+    module = files("servelab.triton.lab2_1") / "l01_triton_setup_and_installation.py"
+    return module.read_text(encoding="utf-8").rsplit(END_OF_MODEL_PY, 1)[0]
+
+
 def write_first_model(repository: Path, name: str = MODEL, kind: str | None = None,
                       extra_config: str = "") -> Path:
-    """``<repository>/<name>/config.pbtxt`` and ``<repository>/<name>/1/model.py`` (this very file)."""
+    """``<repository>/<name>/config.pbtxt`` and ``<repository>/<name>/1/model.py`` (from model_source())."""
     return write_model(repository, name, first_model_config(name, kind) + extra_config,
-                       {"model.py": Path(__file__).read_text(encoding="utf-8")})
+                       {"model.py": model_source()})
 # --8<-- [end:first_model_config]
 
 
@@ -422,11 +431,37 @@ def load_with_wrong_stub(endpoint: TritonEndpoint, name: str = "l01_wrong_stub",
     return "returned"
 
 
+# --8<-- [end:troubleshooting]
+
+
+# --8<-- [start:failed_load]
+def failed_load_readiness(endpoint: TritonEndpoint, name: str = "l01_failed_load") -> dict:
+    """A load that fails (KIND_GPU on a host without GPU): the error, then /v2/health/ready after the
+    failure, after unloading the model, and after a corrected folder loads under the same name."""
+    ready = lambda: httpx.get(f"http://{endpoint.http}/v2/health/ready", timeout=10).status_code  # noqa: E731
+    load = lambda: httpx.post(f"http://{endpoint.http}/v2/repository/models/{name}/load", timeout=120)  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        endpoint.add_model(write_first_model(Path(tmp), name, kind="KIND_GPU"), load=False)
+    answer = load()
+    result = {"status": answer.status_code, "error": answer.json().get("error", "").strip(),
+              "ready_after_failure": ready()}  # (1)!
+    httpx.post(f"http://{endpoint.http}/v2/repository/models/{name}/unload", timeout=60)
+    result["ready_after_unload"] = ready()
+    with tempfile.TemporaryDirectory() as tmp:
+        endpoint.add_model(write_first_model(Path(tmp), name, kind="KIND_CPU"), load=False)
+    result["fixed_status"] = load().status_code  # (2)!
+    result["model_ready_after_fix"] = httpx.get(f"http://{endpoint.http}/v2/models/{name}/ready", timeout=10).status_code
+    result["ready_after_fix"] = ready()
+    return result
+# --8<-- [end:failed_load]
+
+
+# --8<-- [start:troubleshooting_state]
 def repository_state(endpoint: TritonEndpoint) -> dict[str, str]:
     """``POST /v2/repository/index``: every model in the repository and its state."""
     index = httpx.post(f"http://{endpoint.http}/v2/repository/index", timeout=10).json()
     return {entry["name"]: entry.get("state", "") for entry in index}
-# --8<-- [end:troubleshooting]
+# --8<-- [end:troubleshooting_state]
 
 
 def port_in_use_errors(endpoint: TritonEndpoint) -> tuple[str, str]:
@@ -496,7 +531,7 @@ def record_install(info: dict, parts: list[str], gpu_metrics: list[str]) -> Path
         {"item": "有 stub 的 Python 版本", "value": ", ".join(info["stub_pythons"])},
         {"item": "本機 Python（使用的 stub）", "value": info["this_python"]},
         {"item": "backend 環境的 numpy", "value": info["backend_numpy"]},
-        {"item": "客戶端環境的 numpy", "value": info["client_numpy"]},
+        {"item": "用戶端環境的 numpy", "value": info["client_numpy"]},
         {"item": "LD_LIBRARY_PATH 加入的資料夾", "value": ", ".join(f"`{_short(p)}`" for p in parts)},
         {"item": "GPU 指標（nv_gpu_*）", "value": ", ".join(gpu_metrics) or "無（這台機器沒有 GPU）"},
     ]
@@ -558,6 +593,36 @@ def main() -> int:
     print(json.dumps({k: v for k, v in result.items() if k != "install"}, indent=2, ensure_ascii=False))
     print(f"results: results/{LESSON}/")
     return 0
+
+
+# ---- end of model.py ----
+# --8<-- [start:context]
+# What this page's snippets use: imports, constants, and the lesson's own functions from the installed
+# package, so that any one snippet runs on its own after this block.
+import httpx
+import json
+import locale
+import numpy as np
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from importlib.resources import files
+from pathlib import Path
+from servelab.runtime import TritonEndpoint, get_settings, model_info, triton_server
+from servelab.runtime.triton_repo import write_model
+from servelab.runtime.triton_server import backend_python_env, backends_dir, server_env, triton_home
+from servelab.runtime.vllm_engine import LLAMA_8B_SHAPE
+from servelab.triton.lab2_1.l01_triton_setup_and_installation import (
+    END_OF_MODEL_PY, MODEL, TEXTS, infer_grpc, infer_http, infer_raw_json, repository_state,
+    write_first_model
+)
+# --8<-- [end:context]
 
 
 if __name__ == "__main__":

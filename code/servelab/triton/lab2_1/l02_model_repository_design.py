@@ -40,7 +40,7 @@ BACKEND_FILES = {  # backend → the file (or folder) each version folder must h
     "onnxruntime": "model.onnx",
     "pytorch": "model.pt",
     "tensorrt": "model.plan",
-    "tensorflow": "model.savedmodel",  # a folder; TensorFlow backend deprecated since Triton 25.03
+    "tensorflow": "model.savedmodel",  # a folder; later Triton releases no longer ship this backend
     "openvino": "model.xml",
 }
 PLATFORMS = {  # the older "platform" field names a backend and its file format at once
@@ -939,8 +939,8 @@ def write_gpu(endpoint, repository: Path) -> Path:
                   extra={"requests": 32, "concurrency": 4, "rounds": 3})
     rows = gpu_instance_groups(endpoint, repository)
     return write_results(LESSON, "kind_gpu_gpu", rows, {
-        "count": "count", "kind": "kind", "gpus": "gpus", "load_s": "載入秒數", "instances": "回應的實例數",
-        "device": "實例回報的裝置", "rps": "每秒請求（循序）"})
+        "count": "count", "kind": "kind", "gpus": "gpus", "load_s": "載入秒數", "instances": "回應的執行個體數",
+        "device": "執行個體回報的裝置", "rps": "每秒請求（循序）"})
 # --8<-- [end:write_results]
 
 
@@ -961,6 +961,36 @@ def main() -> int:
             print(f"{name}: {path}")
         unload(endpoint, PREFIX + "scale")
     return 0
+
+
+# --8<-- [start:context]
+# What this page's snippets use: imports, constants, and the lesson's own functions from the installed
+# package, so that any one snippet runs on its own after this block.
+import inspect
+import json
+import math
+import numpy as np
+import os
+import shutil
+import time
+try:  # exists only inside Triton's Python-backend stub (the model classes use it there)
+    import triton_python_backend_utils as pb_utils
+except ImportError:
+    pb_utils = None
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from servelab.triton.lab2_1.l02_model_repository_design import (
+    BACKEND_FILES, BusyModel, CASE_TITLES, CudaModel, Finding, InstanceGroup, LESSON, LOAD_TIMEOUT_S,
+    ModelConfig, ModelFolder, PLATFORMS, PREFIX, PROBE, ScaleModel, SelfDescribingModel, Tensor,
+    VersionPolicy, _check_python_outputs, _check_tensors, broken_cases, call, capture_broken,
+    capture_missing_file, compare_auto_complete, completed_config, full_shape, gpu_instance_groups,
+    instance_weight_bytes, measure_instance_groups, ready_versions, render_model_py, scale_config,
+    scale_folder, self_describing_folder, strict_triton, try_load, unload, validate_model,
+    version_policy_demo
+)
+# --8<-- [end:context]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 LESSON = "triton/lab2_1/l03_pytorch_backend_deployment"
+END_OF_MODEL_PY = "# ---- end of model.py ----"  # model_source() cuts the file at the last such line
 HIDDEN, INTERMEDIATE, N_BLOCKS, N_CLASSES = 576, 1536, 4, 4  # SmolLM2-135M: hidden 576, MLP 1536
 MAX_BATCH = 32
 OUTPUTS = ("LOGITS", "EXEC_ROWS", "DEVICE", "ZERO_COPY")
@@ -172,15 +174,22 @@ parameters {{ key: "NUM_THREADS" value: {{ string_value: "{threads}" }} }}
 
 
 # --8<-- [start:write_model]
+def model_source() -> str:
+    """The model.py Triton runs: this lesson's module as installed (package ``servelab.triton.lab2_1``), cut
+    before the reader context at its end, which imports servelab (absent inside Triton's stub)."""
+    module = files("servelab.triton.lab2_1") / "l03_pytorch_backend_deployment.py"
+    return module.read_text(encoding="utf-8").rsplit(END_OF_MODEL_PY, 1)[0]
+
+
 def write_torch_model(root: Path, name: str, batch_mode: str = "concat", kind: str = "KIND_CPU",
                       seed: int = 0) -> Path:
-    """``<root>/<name>/config.pbtxt`` and ``1/{model.py, weights.pt}``: this file and a state_dict."""
+    """``<root>/<name>/config.pbtxt`` and ``1/{model.py, weights.pt}``: this module and a state_dict."""
     from servelab.runtime.triton_repo import write_model
 
     weights = io.BytesIO()
     torch.save(build_model(seed).state_dict(), weights)  # (1)!
     return write_model(root, name, model_config(name, batch_mode, kind),
-                       files={"model.py": Path(__file__).read_text(), "weights.pt": weights.getvalue()})
+                       files={"model.py": model_source(), "weights.pt": weights.getvalue()})
 
 
 def deploy(endpoint, name: str, batch_mode: str = "concat", kind: str = "KIND_CPU") -> str:
@@ -260,7 +269,7 @@ def compare_batching(endpoint, kind: str = "KIND_CPU", clients: int = 16,
         from servelab.runtime.results import write_results
 
         write_results(LESSON, "batching_gpu" if kind == "KIND_GPU" else "batching", rows, {
-            "mode": "execute 寫法", "instance": "instance_group", "clients": "並行客戶端",
+            "mode": "execute 寫法", "instance": "instance_group", "clients": "並行用戶端",
             "requests": "請求數", "req_per_s": "吞吐量（請求/秒）",
             "mean_exec_rows": "每次 forward 平均列數", "max_exec_rows": "最大列數",
             "speedup": "相對 loop", "load_avg": "系統負載（1 分鐘）"})
@@ -399,7 +408,7 @@ input [ {{ name: "INPUT" data_type: TYPE_FP32 dims: [ {HIDDEN} ] }} ]
 output [ {{ name: "REPORT" data_type: TYPE_STRING dims: [ 1 ] }} ]
 instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 """
-    source = Path(__file__).read_text() + "\nTritonPythonModel = DLPackProbe\n"
+    source = model_source() + "\nTritonPythonModel = DLPackProbe\n"
     with tempfile.TemporaryDirectory() as tmp:
         endpoint.add_model(write_model(Path(tmp), name, config, files={"model.py": source}), load=False)
     endpoint.http_client(network_timeout=LOAD_TIMEOUT_S).load_model(name)
@@ -445,8 +454,8 @@ def unload(endpoint, *names: str) -> None:
 
 
 # --8<-- [start:exercise_forward_cost]
-def per_row_forward_ms(batch_sizes=(1, 8, 32), threads: int = 1, repeats: int = 10) -> list[dict]:
-    """Exercise 1: the model's forward time per row in this process, no Triton in between."""
+def per_row_forward_ms(batch_sizes=(1, 8, 32), threads: int = 1, repeats: int = 21) -> list[dict]:
+    """Exercise 1: the model's forward time per row in this process, no Triton in between (median of repeats)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     model, rows = build_model(), []
@@ -455,10 +464,12 @@ def per_row_forward_ms(batch_sizes=(1, 8, 32), threads: int = 1, repeats: int = 
             for batch in batch_sizes:
                 x = torch.randn(batch, HIDDEN)
                 model(x)  # warm-up
-                start = time.perf_counter()
+                timings = []
                 for _ in range(repeats):
+                    start = time.perf_counter()
                     model(x)
-                ms = (time.perf_counter() - start) / repeats * 1e3
+                    timings.append(time.perf_counter() - start)
+                ms = sorted(timings)[len(timings) // 2] * 1e3  # the median: a busy core slows some calls, not all
                 rows.append({"batch": batch, "threads": threads, "ms_per_forward": ms,
                              "ms_per_row": ms / batch})
     finally:
@@ -533,6 +544,30 @@ def main() -> int:
             print(json.dumps(row, ensure_ascii=False))
     return 0
 # --8<-- [end:main]
+
+
+# ---- end of model.py ----
+# --8<-- [start:context]
+# What this page's snippets use: imports, constants, and the lesson's own functions from the installed
+# package, so that any one snippet runs on its own after this block.
+import io
+import json
+import numpy as np
+import os
+import tempfile
+import time
+import torch
+from concurrent.futures import ThreadPoolExecutor
+from importlib.resources import files
+from pathlib import Path
+from torch import nn
+from servelab.triton.lab2_1.l03_pytorch_backend_deployment import (
+    END_OF_MODEL_PY, HIDDEN, INTERMEDIATE, LESSON, LOAD_TIMEOUT_S, MAX_BATCH, MLPClassifier, N_BLOCKS,
+    N_CLASSES, OUTPUTS, SwiGLUBlock, build_model, check_against_torch, compare_batching, deploy,
+    forward_cost_table, infer, load_test, memory_region, model_config, reference_logits, serve_on_gpu,
+    torch_to_triton, triton_to_torch
+)
+# --8<-- [end:context]
 
 
 if __name__ == "__main__":

@@ -21,20 +21,25 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import torch
 
 LESSON = "triton/lab2_1/l04_monitoring_and_performance"
+END_OF_MODEL_PY = "# ---- end of model.py ----"  # model_source() cuts the file at the last such line
 PLAIN, BATCHED = "l04_mlp_plain", "l04_mlp_batched"
 # The toy model's shape per profile: LAYERS square fp32 matrices streamed from memory on every execute().
 SHAPES = {"cpu": {"hidden": 1024, "layers": 8}, "gpu": {"hidden": 4096, "layers": 8}}
 MAX_BATCH = 16
 QUEUE_DELAY_US = 1000
 # How hard each profile's measurements push: requests per perf_analyzer run, concurrency of the comparison.
-LOAD = {"cpu": {"sweep_requests": 300, "compare_requests": 400, "concurrency": 8},
-        "gpu": {"sweep_requests": 600, "compare_requests": 1500, "concurrency": 16}}
+# rates: perf_analyzer's request-rate mode (requests/s), around the plain model's capacity on each profile.
+LOAD = {"cpu": {"sweep_requests": 300, "compare_requests": 400, "concurrency": 8,
+                "rates": (100, 200, 300, 400, 500), "rate_requests": 300},
+        "gpu": {"sweep_requests": 600, "compare_requests": 1500, "concurrency": 16,
+                "rates": (1000, 2000, 3000, 4000, 5000), "rate_requests": 1500}}
 
 
 # --8<-- [start:model_py]
@@ -113,12 +118,19 @@ def profile_shape(profile: str | None = None) -> tuple[str, dict]:
     return ("KIND_GPU" if profile == "gpu" else "KIND_CPU"), SHAPES[profile]
 
 
+def model_source() -> str:
+    """The model.py Triton runs: this lesson's module as installed (package ``servelab.triton.lab2_1``), cut
+    before the reader context at its end, which imports servelab (absent inside Triton's stub)."""
+    module = files("servelab.triton.lab2_1") / "l04_monitoring_and_performance.py"
+    return module.read_text(encoding="utf-8").rsplit(END_OF_MODEL_PY, 1)[0]
+
+
 def write_mlp_model(root: Path, name: str, batching: bool, kind: str = "KIND_CPU", hidden: int = 1024,
                     layers: int = 8) -> Path:
     from servelab.runtime.triton_repo import write_model
 
     return write_model(root, name, model_config(name, batching, kind, hidden, layers),
-                       files={"model.py": Path(__file__).read_text()})
+                       files={"model.py": model_source()})
 
 
 def deploy_pair(endpoint, profile: str | None = None) -> dict[str, str]:
@@ -376,10 +388,10 @@ def _link_libraries(lib: Path) -> None:
 
 def perf_analyzer_argv(binary: str, endpoint, model: str, concurrency: str, out: Path,
                        request_count: int | None = 300, interval_ms: int = 1000,
-                       stability: int = 10, input_data: str = "zero") -> list[str]:
+                       stability: int = 10, input_data: str = "zero", mode: str = "concurrency") -> list[str]:
     argv = [binary, "-m", model, "-u", endpoint.http, "-i", "http",
             "--input-data", input_data,  # (2)!
-            "--concurrency-range", concurrency]  # (3)!
+            f"--{mode.replace('_', '-')}-range", concurrency]  # (3)!
     if request_count:  # (4)!
         argv += ["--request-count", str(request_count)]
     else:
@@ -404,18 +416,23 @@ def run_perf_analyzer(endpoint, model: str, concurrency: str, request_count: int
                 for leftover in Path(tmp).iterdir():
                     leftover.unlink()  # --profile-export-file refuses a path that already exists
         if proc.returncode != 0 or not (Path(tmp) / "perf.csv").exists():
+            lines = (proc.stdout + proc.stderr).strip().splitlines()
+            last = lines[-1].strip() if lines else ""
+            first = next((line.strip() for line in lines if "rror" in line or "can not" in line), last)
             raise RuntimeError(f"perf_analyzer exited with {proc.returncode}: "
-                               f"{(proc.stdout + proc.stderr).strip().splitlines()[-1]}")
+                               + (last if first == last else f"{first} … {last}"))
         timing = parse_profile_export(json.loads((Path(tmp) / "export.json").read_text()))
-        return [{**row, **timing[row["concurrency"]]}
-                for row in parse_perf_csv((Path(tmp) / "perf.csv").read_text())]
+        rows = parse_perf_csv((Path(tmp) / "perf.csv").read_text())
+        return [{**row, **timing[row.get("concurrency", row.get("request_rate"))]} for row in rows]
 
 
 def parse_perf_csv(text: str) -> list[dict]:
     """The -f CSV: client percentiles (µs) and the server's averages, converted to ms."""
     rows = []
     for row in csv.DictReader(text.splitlines()):
-        rows.append({"concurrency": int(row["Concurrency"]),
+        level = ({"concurrency": int(row["Concurrency"])} if "Concurrency" in row
+                 else {"request_rate": float(row["Request Rate"])})  # request-rate mode names its column so
+        rows.append({**level,
                      "pa_throughput": float(row["Inferences/Second"]),
                      **{f"p{p}_ms": int(row[f"p{p} latency"]) / 1000 for p in (50, 90, 95, 99)},  # (6)!
                      "server_queue_ms": int(row["Server Queue"]) / 1000,
@@ -431,7 +448,8 @@ def parse_profile_export(data: dict) -> dict[int, dict]:
         first = min(r["timestamp"] for r in requests)
         last = max(r["response_timestamps"][-1] for r in requests)
         start, end = experiment["window_boundaries"][0], experiment["window_boundaries"][-1]
-        levels[experiment["experiment"]["value"]] = {
+        levels[float(experiment["experiment"]["value"]) if experiment["experiment"]["mode"] == "request_rate"
+               else experiment["experiment"]["value"]] = {
             "sent": len(requests), "busy_s": (last - first) / 1e9, "window_s": (end - start) / 1e9,
             "throughput": len(requests) / ((last - first) / 1e9)}  # (8)!
     return levels
@@ -505,6 +523,43 @@ def compare_batching(endpoint, names: dict[str, str], concurrency: int = 8, requ
                    "request_count": request_count, "rounds": rounds, "loadavg_1_5_15": os.getloadavg()})
     return rows
 # --8<-- [end:compare]
+
+
+# --8<-- [start:request_rate]
+def request_rate_sweep(endpoint, names: dict[str, str], rates=(100, 200, 300, 400, 500),
+                       request_count: int = 300) -> list[dict]:
+    """Open loop: perf_analyzer sends at a fixed rate whether or not answers came back (--request-rate-range)."""
+    rows = []
+    for key, model in names.items():  # (1)!
+        for rate in rates:
+            before = model_snapshot(endpoint, model)
+            count = max(request_count, int(rate))  # perf_analyzer: "request-count can not be less than request-rate"
+            row = run_perf_analyzer(endpoint, model, f"{rate}:{rate}", count, mode="request_rate")[0]
+            after = settled_snapshot(endpoint, model, before["nv_inference_request_success"] + row["sent"])
+            d = delta(before, after)
+            rows.append({"dynamic_batching": "開" if key == "batched" else "關", **row,  # (2)!
+                         "achieved": row["sent"] / row["busy_s"], "avg_batch": average_batch_size(d),
+                         "queue_us": latency_breakdown(d)["queue"]})
+    return rows
+
+
+def latency_vs_request_rate(endpoint, names: dict[str, str], rates=(100, 200, 300, 400, 500),
+                            request_count: int = 300, write: str | None = None) -> list[dict]:
+    """The sweep once per test session (test and notebook share it), then the results file."""
+    from servelab.runtime.memo import experiment
+
+    rows = experiment(request_rate_sweep, ignore=("endpoint",))(endpoint, names, rates, request_count)  # (3)!
+    if write:
+        from servelab.runtime.results import write_results
+
+        write_results(LESSON, write, rows, {
+            "dynamic_batching": "dynamic_batching", "request_rate": "目標速率（請求/秒）",
+            "achieved": "實際完成（請求/秒）", "p50_ms": "p50 (ms)", "p90_ms": "p90 (ms)", "p99_ms": "p99 (ms)",
+            "avg_batch": "平均批次大小", "queue_us": "平均排隊 (µs)"},
+            extra={"perf_analyzer": perf_analyzer_version(), "request_count": request_count,
+                   "max_queue_delay_us": QUEUE_DELAY_US, "loadavg_1_5_15": os.getloadavg()})
+    return rows
+# --8<-- [end:request_rate]
 
 
 # --8<-- [start:dashboard]
@@ -581,6 +636,13 @@ def llama_parameters(config: dict) -> int:
     embed = config["vocab_size"] * h
     head = 0 if config.get("tie_word_embeddings") else embed
     return embed + layers * per_layer + h + head
+
+
+def decode_read_parameters(config: dict) -> int:
+    """Parameters one decode step reads: all of them but the input embedding, which is looked up (one row
+    per token), not read; a tied model reads that matrix anyway, as its output head."""
+    embed = config["vocab_size"] * config["hidden_size"]
+    return llama_parameters(config) - (0 if config.get("tie_word_embeddings") else embed)
 
 
 def mlp_weight_bytes(hidden: int, layers: int) -> int:
@@ -664,8 +726,8 @@ def histogram_mean(text: str, name: str) -> float:
 # --8<-- [end:ex_histogram_mean]
 
 
-def run_all(endpoint, profile: str, write: bool = True) -> tuple[list[dict], list[dict]]:
-    """The lesson's measurements for a profile: latency vs concurrency, then batching off vs on."""
+def run_all(endpoint, profile: str, write: bool = True) -> tuple[list[dict], list[dict], list[dict]]:
+    """The lesson's measurements for a profile: latency vs concurrency, batching off vs on, request rates."""
     suffix = "_gpu" if profile == "gpu" else ""
     load = LOAD[profile]
     names = deploy_pair(endpoint, profile)
@@ -673,7 +735,9 @@ def run_all(endpoint, profile: str, write: bool = True) -> tuple[list[dict], lis
                                    write="perf_concurrency" + suffix if write else None)
     compare = compare_batching(endpoint, names, load["concurrency"], load["compare_requests"],
                                write="batching" + suffix if write else None)
-    return sweep, compare
+    rates = latency_vs_request_rate(endpoint, names, load["rates"], load["rate_requests"],
+                                    write="request_rate" + suffix if write else None)
+    return sweep, compare, rates
 
 
 def main() -> int:
@@ -683,10 +747,35 @@ def main() -> int:
         profile = get_settings().profile
         if profile == "cpu":
             one_request(endpoint, deploy_pair(endpoint, "cpu")["batched"], write="one_request")
-        sweep, compare = run_all(endpoint, profile)
-        for row in [*sweep, *compare]:
+        sweep, compare, rates = run_all(endpoint, profile)
+        for row in [*sweep, *compare, *rates]:
             print(json.dumps(row, ensure_ascii=False))
     return 0
+
+
+# ---- end of model.py ----
+# --8<-- [start:context]
+# What this page's snippets use: imports, constants, and the lesson's own functions from the installed
+# package, so that any one snippet runs on its own after this block.
+import csv
+import json
+import numpy as np
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import torch
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from servelab.triton.lab2_1.l04_monitoring_and_performance import (
+    LESSON, MAX_BATCH, QUEUE_DELAY_US, average_batch_size, delta, docker_file, infer, input_width,
+    latency_breakdown, measure, model_config, model_snapshot, parse_metrics, parse_samples,
+    perf_analyzer_version, run_perf_analyzer, settled_snapshot
+)
+# --8<-- [end:context]
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ vLLM 自己回報的數字對照、量測 ``vllm serve`` 與離線 ``LLM`` 的�
 
 from __future__ import annotations
 
+# --8<-- [start:context]
 import concurrent.futures
 import importlib.metadata
 import json
@@ -66,6 +67,44 @@ def vllm_cli(*args: str, extra_pythonpath: Path | None = None, timeout_s: float 
                           stdin=subprocess.DEVNULL)
     return CliResult(argv, proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start)
 # --8<-- [end:vllm_cli]
+
+
+# --8<-- [start:kv_formula]
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
+
+
+@dataclass(frozen=True)
+class KVShape:
+    """決定 KV 快取大小的三個形狀參數。"""
+    name: str
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def from_config(cls, config: dict | Path, name: str | None = None) -> "KVShape":
+        if not isinstance(config, dict):
+            config = json.loads(Path(config, "config.json").read_text())
+        heads = config["num_attention_heads"]
+        return cls(
+            name=name or config.get("_name_or_path", "model"),
+            layers=config["num_hidden_layers"],
+            kv_heads=config.get("num_key_value_heads", heads),  # (1)!
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+        )
+
+
+def kv_bytes_per_token(shape: KVShape, dtype: str) -> int:
+    """每個 token 的 KV 快取：K 與 V 兩份 × 層數 × KV 頭數 × 頭維度 × 每個數值的位元組。"""
+    return 2 * shape.layers * shape.kv_heads * shape.head_dim * DTYPE_BYTES[dtype]
+
+
+def tokens_that_fit(budget_bytes: int, per_token: int, block_size: int) -> int:
+    """vLLM 以區塊（block）為單位配置：先算放得下幾個完整區塊，再換回 token。"""
+    blocks = budget_bytes // (per_token * block_size)  # (2)!
+    return blocks * block_size
+# --8<-- [end:kv_formula]
+# --8<-- [end:context]
 
 
 # --8<-- [start:check_install]
@@ -177,43 +216,6 @@ def first_request(endpoint: VLLMEndpoint, question: str = QUESTION, max_tokens: 
         "seconds": time.perf_counter() - start,
     }
 # --8<-- [end:first_request]
-
-
-# --8<-- [start:kv_formula]
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
-
-
-@dataclass(frozen=True)
-class KVShape:
-    """決定 KV 快取大小的三個形狀參數。"""
-    name: str
-    layers: int
-    kv_heads: int
-    head_dim: int
-
-    @classmethod
-    def from_config(cls, config: dict | Path, name: str | None = None) -> KVShape:
-        if not isinstance(config, dict):
-            config = json.loads(Path(config, "config.json").read_text())
-        heads = config["num_attention_heads"]
-        return cls(
-            name=name or config.get("_name_or_path", "model"),
-            layers=config["num_hidden_layers"],
-            kv_heads=config.get("num_key_value_heads", heads),  # (1)!
-            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-        )
-
-
-def kv_bytes_per_token(shape: KVShape, dtype: str) -> int:
-    """每個 token 的 KV 快取：K 與 V 兩份 × 層數 × KV 頭數 × 頭維度 × 每個數值的位元組。"""
-    return 2 * shape.layers * shape.kv_heads * shape.head_dim * DTYPE_BYTES[dtype]
-
-
-def tokens_that_fit(budget_bytes: int, per_token: int, block_size: int) -> int:
-    """vLLM 以區塊（block）為單位配置：先算放得下幾個完整區塊，再換回 token。"""
-    blocks = budget_bytes // (per_token * block_size)  # (2)!
-    return blocks * block_size
-# --8<-- [end:kv_formula]
 
 
 def bundled_shape() -> KVShape:
@@ -426,7 +428,7 @@ def longest_max_model_len(budget_bytes: int, shape: KVShape, dtype: str, block_s
 
 
 def gpu_kv_budget(total_gib: float, utilization: float, weights_gib: float, activations_gib: float) -> int:
-    """GPU 上 KV 快取拿到的是「剩下的」：總量 × 使用率 − 權重 − 啟動值峰值（估計）。"""
+    """GPU 上 KV 快取拿到的是「剩下的」：總量 × 使用率 − 權重 − 活化值峰值（估計）。"""
     return int((total_gib * utilization - weights_gib - activations_gib) * 2**30)
 # --8<-- [end:exercise_max_len]
 

@@ -1,6 +1,6 @@
 """02-Basic_Inference：基礎推論。
 
-離線 ``LLM.generate`` / ``LLM.chat``（聊天模板）、``SamplingParams`` 的每個參數、一次送出多個提示、
+離線 ``LLM.generate`` / ``LLM.chat``（聊天範本）、``SamplingParams`` 的每個參數、一次送出多個提示、
 OpenAI 相容伺服器（completions、chat、串流）、決定性與種子，以及 vLLM 對 Hugging Face ``generate``
 的吞吐量比較與 batch 1 解碼對記憶體頻寬 roofline 的比較。
 
@@ -11,6 +11,7 @@ OpenAI 相容伺服器（completions、chat、串流）、決定性與種子，�
 
 from __future__ import annotations
 
+# --8<-- [start:context]
 import argparse
 import json
 import os
@@ -18,12 +19,13 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
 from servelab.runtime import VLLMEndpoint, get_settings, offline_llm, prepare_model, vllm_endpoint
-from servelab.runtime.vllm_engine import cpu_threads  # torch threads = the cores vLLM's CPU worker binds
+from servelab.runtime.vllm_engine import cpu_threads, vllm_bound_cpus  # torch threads = CPUs vLLM binds
+from servelab.runtime.memo import experiment
 from servelab.runtime.results import results_dir, write_results
 
 LESSON = "vllm/lab2_1/l02_basic_inference"
@@ -34,6 +36,19 @@ PROMPTS = [
     "Water boils at a temperature of",
     "The largest planet in our solar system is",
 ]
+FILLERS = ["Tell me a story about a {}.".format(w) for w in (
+    "cat", "dog", "ship", "tree", "lamp", "river", "cloud", "robot", "violin", "bridge", "kite",
+    "stone", "bee", "moon", "train", "garden", "mountain", "letter", "clock", "island", "forest",
+    "window", "candle", "engine", "piano", "desert", "harbor", "castle", "comet", "lantern", "meadow")]
+
+
+def _sync(device) -> None:
+    """Wait for the GPU to finish (timings of CUDA work); nothing to do on a CPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+# --8<-- [end:context]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -58,7 +73,7 @@ def first_generate(llm, prompts: Sequence[str] = PROMPTS, max_tokens: int = 16) 
 
 
 # ---------------------------------------------------------------------------------------------------
-# 2. 聊天模板：LLM.chat
+# 2. 聊天範本：LLM.chat
 # ---------------------------------------------------------------------------------------------------
 
 # --8<-- [start:render_chat]
@@ -157,6 +172,31 @@ def seeded_samples(llm, prompt: str, seed: int | None, n: int = 3, max_tokens: i
     params = SamplingParams(n=n, temperature=0.9, top_p=0.95, seed=seed, max_tokens=max_tokens)
     return [c.text for c in llm.generate([prompt], params, use_tqdm=False)[0].outputs]
 # --8<-- [end:seed_n]
+
+
+# --8<-- [start:n_sharing]
+def n_sharing(llm, prompt_len: int, n: int = 4, seed: int = 1) -> dict:
+    """How much of the prompt do the n samples of one request share? Measured by prefix-cache hits."""
+    from vllm import SamplingParams
+
+    block = llm.llm_engine.vllm_config.cache_config.block_size  # (1)!
+    rng = random.Random(seed * 100_003 + prompt_len)  # a prompt this engine has never seen
+    prompt = {"prompt_token_ids": [rng.randrange(1000, 40000) for _ in range(prompt_len)]}
+    copies = llm.generate([prompt] * n, SamplingParams(temperature=0.8, seed=0, max_tokens=1),
+                          use_tqdm=False)  # (2)!
+    fresh = {"prompt_token_ids": [rng.randrange(1000, 40000) for _ in range(prompt_len)]}
+    one = llm.generate([fresh], SamplingParams(n=n, temperature=0.8, seed=0, max_tokens=1),
+                       use_tqdm=False)[0]  # (3)!
+    return {"prompt_tokens": prompt_len, "block_size": block, "n": n,
+            "full_blocks": (prompt_len - 1) // block,  # (4)!
+            "cached_per_request": [o.num_cached_tokens for o in copies],
+            "prefill_tokens": sum(prompt_len - o.num_cached_tokens for o in copies),
+            "n_request_cached": one.num_cached_tokens, "n_request_samples": len(one.outputs)}
+# --8<-- [end:n_sharing]
+
+N_SHARING_COLUMNS = {"prompt_tokens": "提示 tokens", "block_size": "區塊大小", "n": "樣本數 n",
+                     "full_blocks": "可共用的完整區塊", "cached_per_request": "各子請求命中的 tokens",
+                     "prefill_tokens": "實際 prefill 的 tokens", "n_request_cached": "n>1 請求回報的命中"}
 
 
 # --8<-- [start:logprobs]
@@ -352,10 +392,6 @@ def kserve_infer_request(prompt: str, max_tokens: int = 16, temperature: float =
 # 6. 決定性：什麼有保證，什麼沒有
 # ---------------------------------------------------------------------------------------------------
 
-FILLERS = ["Tell me a story about a {}.".format(w) for w in (
-    "cat", "dog", "ship", "tree", "lamp", "river", "cloud", "robot", "violin", "bridge", "kite",
-    "stone", "bee", "moon", "train", "garden", "mountain", "letter", "clock", "island", "forest",
-    "window", "candle", "engine", "piano", "desert", "harbor", "castle", "comet", "lantern", "meadow")]
 
 
 # --8<-- [start:batch_invariance]
@@ -383,6 +419,12 @@ def batch_invariance_probe(llm, prompt, sizes: Sequence[int] = (1, 4, 16), max_t
     return rows
 # --8<-- [end:batch_invariance]
 
+def many_fillers(count: int) -> list[str]:
+    """``count`` different prompts for the batch-invariance probe (the 31 stories, then numbered parts)."""
+    n = len(FILLERS)
+    return [FILLERS[i] if i < n else f"{FILLERS[i % n][:-1]}, part {i // n + 1}." for i in range(count)]
+
+
 INVARIANCE_COLUMNS = {"batch": "批次大小", "same_tokens": "與單獨執行相同的前綴 tokens",
                       "max_logprob_diff": "logprob 最大差異（絕對值）"}
 
@@ -399,74 +441,125 @@ def make_prompts(count: int, input_len: int, seed: int = 0, low: int = 1000, hig
 # --8<-- [end:bench_prompts]
 
 
+# --8<-- [start:bench_lengths]
+def output_lengths(count: int, mean: int, varied: bool, seed: int = 0) -> list[int]:
+    """Each request's output length: all equal to ``mean``, or drawn uniformly from mean/8 to 15·mean/8."""
+    if not varied:
+        return [mean] * count
+    rng = random.Random(seed)
+    return [rng.randint(max(1, mean // 8), max(1, mean * 15 // 8)) for _ in range(count)]  # (1)!
+
+
+WORKLOADS = (("固定", False), ("長度不一", True))  # (name, varied output lengths?)
+# --8<-- [end:bench_lengths]
+
+
 # --8<-- [start:bench_vllm]
-def run_vllm(llm, prompts: list[list[int]], output_len: int) -> dict:
-    """All prompts in one generate() call; the engine batches them continuously."""
+def run_vllm(llm, prompts: list[list[int]], output_len: int | list[int], batch_size: int | None = None) -> dict:
+    """All prompts in one generate() call (continuous batching), or in fixed batches (static batching)."""
     from vllm import SamplingParams
 
-    params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True,  # (1)!
-                            detokenize=False)  # (2)!
+    lengths = output_len if isinstance(output_len, list) else [output_len] * len(prompts)
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True,  # (1)!
+                             detokenize=False) for n in lengths]  # (2)!
+    step = batch_size or len(prompts)
+    tokens: list[list[int]] = []
     start = time.perf_counter()
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    for i in range(0, len(prompts), step):  # (3)!
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts[i:i + step]], params[i:i + step],
+                            use_tqdm=False)
+        tokens += [list(o.outputs[0].token_ids) for o in outs]
     seconds = time.perf_counter() - start
-    tokens = [list(o.outputs[0].token_ids) for o in outs]
-    return {"seconds": seconds, "output_tokens": sum(map(len, tokens)), "tokens": tokens}
+    return {"seconds": seconds, "output_tokens": sum(map(len, tokens)), "tokens": tokens,
+            "computed_tokens": sum(map(len, tokens))}
 # --8<-- [end:bench_vllm]
 
 
 # --8<-- [start:bench_hf]
-def run_hf(model, prompts: list[list[int]], output_len: int, batch_size: int, pad_id: int,
+def run_hf(model, prompts: list[list[int]], output_len: int | list[int], batch_size: int, pad_id: int,
            eos_id: int) -> dict:
     """``model.generate`` in fixed batches of ``batch_size`` (static batching), greedy."""
     import torch
     from transformers import GenerationConfig
 
-    config = GenerationConfig(max_new_tokens=output_len, min_new_tokens=output_len,  # (1)!
-                              do_sample=False, pad_token_id=pad_id, eos_token_id=eos_id)
+    lengths = output_len if isinstance(output_len, list) else [output_len] * len(prompts)
     device = next(model.parameters()).device
     tokens: list[list[int]] = []
+    computed = 0
     _sync(device)
     start = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(prompts), batch_size):
-            ids = torch.tensor(prompts[i:i + batch_size], device=device)  # (2)!
+            ids = torch.tensor(prompts[i:i + batch_size], device=device)  # (1)!
+            wanted = lengths[i:i + batch_size]
+            config = GenerationConfig(max_new_tokens=max(wanted), min_new_tokens=max(wanted),  # (2)!
+                                      do_sample=False, pad_token_id=pad_id, eos_token_id=eos_id)
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
-            tokens += out[:, ids.shape[1]:].tolist()
+            computed += out.shape[0] * max(wanted)
+            tokens += [row[:n] for row, n in zip(out[:, ids.shape[1]:].tolist(), wanted)]  # (3)!
     _sync(device)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "output_tokens": sum(map(len, tokens)), "tokens": tokens}
+    return {"seconds": seconds, "output_tokens": sum(map(len, tokens)), "tokens": tokens,
+            "computed_tokens": computed}
 # --8<-- [end:bench_hf]
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # --8<-- [start:bench_compare]
-def compare_rows(vllm_run: dict, hf_run: dict, prompts: int, input_len: int, output_len: int,
-                 hf_batch: int, same_weights: bool) -> list[dict]:
-    """Two table rows; throughput = output tokens / wall seconds, ratio against HF."""
-    hf_tps = hf_run["output_tokens"] / hf_run["seconds"]
-    rows = []
-    for engine, run, batch in (("vLLM LLM.generate", vllm_run, f"全部 {prompts}（連續批次）"),
-                               ("HF transformers generate", hf_run, f"{hf_batch}（靜態批次）")):
-        tps = run["output_tokens"] / run["seconds"]
-        rows.append({"engine": engine, "prompts": prompts, "shape": f"{input_len} / {output_len}",
-                     "batch": batch, "output_tokens": run["output_tokens"], "seconds": run["seconds"],
-                     "tokens_per_s": tps, "ratio": f"{tps / hf_tps:.1f}×"})
-    if same_weights:  # (1)!
-        same = sum(a == b for a, b in zip(vllm_run["tokens"], hf_run["tokens"]))
-        for row in rows:
-            row["greedy_match"] = f"{same}/{prompts}"
+def bench_row(workload: str, engine: str, batching: str, run: dict, prompts: int) -> dict:
+    """One table row; throughput = requested output tokens / wall seconds."""
+    return {"workload": workload, "setup": f"{engine} · {batching}", "engine": engine, "batching": batching,
+            "prompts": prompts, "output_tokens": run["output_tokens"],
+            "wasted": 1 - run["output_tokens"] / run["computed_tokens"],  # (1)!
+            "seconds": run["seconds"], "tokens_per_s": run["output_tokens"] / run["seconds"]}
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """Per workload: throughput relative to HF at its smallest batch and at its best measured batch."""
+    for workload in {r["workload"] for r in rows}:
+        mine = [r for r in rows if r["workload"] == workload]
+        hf = [r for r in mine if r["engine"].startswith("HF")]
+        best = max(r["tokens_per_s"] for r in hf)
+        small = min(hf, key=lambda r: int(r["batching"].split()[0]))["tokens_per_s"]
+        for r in mine:
+            r["vs_hf_small"] = f"{r['tokens_per_s'] / small:.1f}×"
+            r["vs_hf_best"] = f"{r['tokens_per_s'] / best:.1f}×"  # (2)!
     return rows
 # --8<-- [end:bench_compare]
 
-THROUGHPUT_COLUMNS = {"engine": "引擎", "prompts": "提示數", "shape": "輸入 / 輸出 tokens", "batch": "批次",
-                      "output_tokens": "輸出 tokens", "seconds": "時間 (s)", "tokens_per_s": "輸出 tokens/s",
-                      "ratio": "相對 HF"}
+THROUGHPUT_COLUMNS = {"workload": "輸出長度", "engine": "引擎", "batching": "批次", "prompts": "提示數",
+                      "output_tokens": "輸出 tokens", "wasted": "白算的 token 比例", "seconds": "時間 (s)",
+                      "tokens_per_s": "輸出 tokens/s", "vs_hf_small": "相對 HF 最小批次",
+                      "vs_hf_best": "相對 HF 最佳批次"}
+
+
+# --8<-- [start:bench_sweep]
+@experiment(ignore=("hf_model",))
+def hf_sweep(hf_model, prompts: int, input_len: int, output_len: int, hf_batches: Sequence[int]) -> list[dict]:
+    """HF ``generate`` at each batch size, on both workloads (fixed and varied output lengths)."""
+    batch, rows = make_prompts(prompts, input_len), []
+    for workload, varied in WORKLOADS:
+        lengths = output_lengths(prompts, output_len, varied)
+        for size in hf_batches:
+            count = min(prompts, 2 * size)  # (1)!
+            run = run_hf(hf_model, batch[:count], lengths[:count], size, pad_id=2, eos_id=2)
+            rows.append(bench_row(workload, "HF transformers", f"{size} （靜態）", run, count))
+    return rows
+
+
+@experiment(ignore=("llm",))
+def vllm_sweep(llm, prompts: int, input_len: int, output_len: int, static_batch: int | None,
+               engine: str = "vLLM") -> list[dict]:
+    """vLLM on both workloads: in fixed batches like HF (static), then all at once (continuous)."""
+    batch, rows = make_prompts(prompts, input_len), []
+    for workload, varied in WORKLOADS:
+        lengths = output_lengths(prompts, output_len, varied)
+        if static_batch:
+            run = run_vllm(llm, batch, lengths, batch_size=static_batch)  # (2)!
+            rows.append(bench_row(workload, engine, f"{static_batch} （靜態）", run, prompts))
+        run = run_vllm(llm, batch, lengths)  # (3)!
+        rows.append(bench_row(workload, engine, f"全部 {prompts} （連續）", run, prompts))
+    return rows
+# --8<-- [end:bench_sweep]
 
 
 def load_hf_bundled(dtype: str = "float32"):
@@ -478,30 +571,33 @@ def load_hf_bundled(dtype: str = "float32"):
     return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
 
 
-def cpu_benchmark(llm=None, prompts: int = 4, input_len: int = 16, output_len: int = 8, hf_batch: int = 16,
-                  repeats: int = 1, write: bool = False, root: Path | None = None) -> list[dict]:
-    """vLLM vs HF on the bundled model (CPU): same prompts, same output length, greedy, same threads.
-
-    Each side runs ``repeats`` times and keeps its fastest run (the machine may be shared).
-    """
+def greedy_agreement(llm, hf_model, prompts: int, input_len: int, output_len: int) -> str:
+    """Same weights on both sides (CPU): how many greedy outputs agree token for token."""
     batch = make_prompts(prompts, input_len)
+    ours = run_vllm(llm, batch, output_len)["tokens"]
+    theirs = run_hf(hf_model, batch, output_len, len(batch), pad_id=2, eos_id=2)["tokens"]
+    return f"{sum(a == b for a, b in zip(ours, theirs))}/{prompts}"
+
+
+def cpu_benchmark(llm=None, prompts: int = 8, input_len: int = 16, output_len: int = 8,
+                  hf_batches: Sequence[int] = (4, 8), static_batch: int = 4, write: bool = False,
+                  root: Path | None = None) -> dict:
+    """vLLM vs HF on the bundled model (CPU): both workloads, HF batch sweep, static vs continuous."""
     context = offline_llm() if llm is None else nullcontext(llm)
     load_before = os.getloadavg()
     with context as engine, cpu_threads() as threads:
-        run_vllm(engine, batch[:1], 2)  # warm-up
-        vllm_run = min((run_vllm(engine, batch, output_len) for _ in range(repeats)), key=lambda r: r["seconds"])
+        run_vllm(engine, make_prompts(1, input_len), 2)  # warm-up
         model = load_hf_bundled()
-        run_hf(model, batch[:1], 2, 1, pad_id=2, eos_id=2)  # warm-up
-        hf_run = min((run_hf(model, batch, output_len, hf_batch, pad_id=2, eos_id=2) for _ in range(repeats)),
-                     key=lambda r: r["seconds"])
+        run_hf(model, make_prompts(1, input_len), 2, 1, pad_id=2, eos_id=2)  # warm-up
+        rows = hf_sweep(model, prompts, input_len, output_len, tuple(hf_batches))
+        rows = add_ratios(rows + vllm_sweep(engine, prompts, input_len, output_len, static_batch))
+        match = greedy_agreement(engine, model, min(prompts, 4), input_len, output_len)
         del model
-    rows = compare_rows(vllm_run, hf_run, prompts, input_len, output_len, hf_batch, same_weights=True)
+    extra = {"torch_threads": threads, "vllm_bound_cpus": vllm_bound_cpus(), "input_len": input_len, "mean_output_len": output_len,
+             "greedy_match": match, "load_average_before": load_before, "load_average_after": os.getloadavg()}
     if write:
-        columns = {**THROUGHPUT_COLUMNS, "greedy_match": "greedy 輸出相同"}
-        write_results(LESSON, "throughput_cpu", rows, columns, root=root,
-                      extra={"torch_threads": threads, "repeats": repeats,
-                             "load_average_before": load_before, "load_average_after": os.getloadavg()})
-    return rows
+        write_results(LESSON, "throughput_cpu", rows, THROUGHPUT_COLUMNS, root=root, extra=extra)
+    return {"rows": rows, **extra}
 
 
 # --8<-- [start:roofline]
@@ -578,8 +674,8 @@ def hf_random_llama(config: dict, device: str = "cuda", dtype: str = "bfloat16")
 
 
 # --8<-- [start:gpu_benchmark]
-def gpu_benchmark(prompts: int = 256, input_len: int = 128, output_len: int = 128, hf_batch: int = 16,
-                  decode_tokens: int = 128, enforce_eager: bool = False,
+def gpu_benchmark(prompts: int = 256, input_len: int = 128, output_len: int = 128,
+                  hf_batches: Sequence[int] = (16, 64, 256), static_batch: int = 64, decode_tokens: int = 128,
                   bandwidth_tbps: float | None = None, root: Path | None = None) -> dict:
     """The GPU profile: Llama-3.1-8B's shapes with dummy weights; writes the *_gpu results files."""
     import gc
@@ -597,36 +693,43 @@ def gpu_benchmark(prompts: int = 256, input_len: int = 128, output_len: int = 12
 
     model = hf_random_llama(config, "cuda", "bfloat16")  # (1)!
     counted = sum(p.numel() for p in model.parameters())
-    run_hf(model, batch[:hf_batch], 4, hf_batch, pad_id=2, eos_id=2)  # warm-up
-    hf_run = run_hf(model, batch, output_len, hf_batch, pad_id=2, eos_id=2)
+    run_hf(model, batch[:16], 4, 16, pad_id=2, eos_id=2)  # warm-up
+    rows = hf_sweep(model, prompts, input_len, output_len, tuple(hf_batches))
     del model
     gc.collect()
     torch.cuda.empty_cache()  # (2)!
 
-    with offline_llm(settings, model=str(folder), load_format="dummy",  # (3)!
-                     enforce_eager=enforce_eager) as llm:
+    with offline_llm(settings, model=str(folder), load_format="dummy", enforce_eager=False) as llm:  # (3)!
         run_vllm(llm, batch[:8], 4)  # warm-up
-        vllm_run = run_vllm(llm, batch, output_len)
+        rows += vllm_sweep(llm, prompts, input_len, output_len, static_batch, "vLLM（CUDA graphs）")
         decode_ms = decode_ms_per_token(llm, batch[0], decode_tokens)
-        invariance = batch_invariance_probe(llm, {"prompt_token_ids": batch[0]}, sizes=(1, 8, 64, 256),
-                                            max_tokens=32, detokenize=False,
-                                            fillers=[{"prompt_token_ids": p} for p in batch[1:]])
+        dummy = batch_invariance_probe(llm, {"prompt_token_ids": batch[0]}, sizes=(1, 8, 64, 256),
+                                       max_tokens=32, detokenize=False,
+                                       fillers=[{"prompt_token_ids": p} for p in batch[1:]])
+    with offline_llm(settings, model=str(folder), load_format="dummy", enforce_eager=True) as llm:  # (4)!
+        run_vllm(llm, batch[:8], 4)  # warm-up
+        rows += vllm_sweep(llm, prompts, input_len, output_len, None, "vLLM（eager）")
+    with offline_llm(settings, enforce_eager=True) as llm:  # (5)!
+        real = batch_invariance_probe(llm, PROMPTS[0], sizes=(1, 8, 64, 256), max_tokens=32,
+                                      fillers=many_fillers(255))
 
     name = torch.cuda.get_device_name(0)
     bandwidth = bandwidth_tbps * 1e12 if bandwidth_tbps else hbm_bandwidth(name)
     params = parameter_count(config)
     assert params["total"] == counted, (params["total"], counted)  # the formula counts what HF built
     bound = decode_roofline_ms(config, 2, bandwidth, context_tokens=input_len + decode_tokens // 2)
-    throughput = compare_rows(vllm_run, hf_run, prompts, input_len, output_len, hf_batch, same_weights=False)
     decode = [{"model": "Llama-3.1-8B 形狀（dummy 權重，bf16）", "params_b": params["total"] / 1e9,
                "read_gb": params["read_per_token"] * 2 / 1e9, "bandwidth": f"{bandwidth / 1e12:.2f} TB/s",
                "bound_ms": bound, "measured_ms": decode_ms, "efficiency": f"{bound / decode_ms:.0%}"}]
-    common = {"device_name": name, "enforce_eager": enforce_eager}
-    write_results(LESSON, "throughput_gpu", throughput, THROUGHPUT_COLUMNS, root=root, extra=common)
+    invariance = ([{"model": "Llama-3.1-8B 形狀（dummy 權重）", **r} for r in dummy]
+                  + [{"model": "SmolLM2-135M（真實權重，bf16）", **r} for r in real])
+    common = {"device_name": name, "input_len": input_len, "mean_output_len": output_len}
+    write_results(LESSON, "throughput_gpu", add_ratios(rows), THROUGHPUT_COLUMNS, root=root, extra=common)
     write_results(LESSON, "decode_roofline_gpu", decode, DECODE_COLUMNS, root=root,
-                  extra={**common, "params": params, "decode_tokens": decode_tokens})
-    write_results(LESSON, "batch_invariance_gpu", invariance, INVARIANCE_COLUMNS, root=root, extra=common)
-    return {"throughput": throughput, "decode": decode, "invariance": invariance}
+                  extra={**common, "enforce_eager": False, "params": params, "decode_tokens": decode_tokens})
+    write_results(LESSON, "batch_invariance_gpu", invariance, {"model": "模型", **INVARIANCE_COLUMNS},
+                  root=root, extra={**common, "enforce_eager": True})
+    return {"throughput": rows, "decode": decode, "invariance": invariance}
 # --8<-- [end:gpu_benchmark]
 
 DECODE_COLUMNS = {"model": "模型", "params_b": "參數（十億）", "read_gb": "每步讀取權重 (GB)",
@@ -688,7 +791,7 @@ def stream_timing(endpoint: VLLMEndpoint, messages: list[dict], max_tokens: int 
 
 def write_cpu_results(root: Path | None = None, bench: dict | None = None) -> list[Path]:
     """Every CPU results file of the lesson, from one offline engine (the committed files come from here)."""
-    bench = bench or {"prompts": 64, "input_len": 64, "output_len": 32, "hf_batch": 16, "repeats": 2}
+    bench = bench or {"prompts": 32, "input_len": 64, "output_len": 32, "hf_batches": (8, 32), "static_batch": 8}
     written = []
     with offline_llm() as llm, cpu_threads():
         written.append(write_results(LESSON, "chat_template", chat_template_rows(llm),
@@ -709,6 +812,8 @@ def write_cpu_results(root: Path | None = None, bench: dict | None = None) -> li
         written.append(write_results(LESSON, "batch_invariance_cpu",
                                      batch_invariance_probe(llm, PROMPTS[0], sizes=(1, 4, 16, 32)),
                                      INVARIANCE_COLUMNS, root=root, extra={"prompt": PROMPTS[0]}))
+        written.append(write_results(LESSON, "n_sharing", [n_sharing(llm, 5), n_sharing(llm, 300)],
+                                     N_SHARING_COLUMNS, root=root))
         cpu_benchmark(llm, write=True, root=root, **bench)
         written.append((root / LESSON if root else results_dir(LESSON)) / "throughput_cpu.json")
     return written
@@ -720,7 +825,7 @@ def tour() -> int:
         for row in first_generate(llm):
             print(f"{row['prompt']!r} → {row['text']!r} ({row['finish_reason']})")
         text, ids = render_chat(llm, QUESTION)
-        print(f"聊天模板（{len(ids)} tokens）：\n{text}")
+        print(f"聊天範本（{len(ids)} tokens）：\n{text}")
         print("LLM.chat →", chat(llm, QUESTION)["text"])
         print("seed=7 兩次：", seeded_samples(llm, PROMPTS[0], 7) == seeded_samples(llm, PROMPTS[0], 7))
     with vllm_endpoint() as endpoint:
@@ -734,11 +839,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m servelab.vllm.lab2_1.l02_basic_inference")
     parser.add_argument("--cpu-results", action="store_true", help="rewrite the CPU results files")
     parser.add_argument("--gpu-benchmark", action="store_true", help="write the *_gpu results files (H100)")
-    parser.add_argument("--eager", action="store_true", help="GPU: no CUDA graphs (enforce_eager=True)")
     parser.add_argument("--bandwidth-tbps", type=float, default=None, help="GPU: HBM bandwidth to assume")
     args = parser.parse_args([] if argv is None else argv)
     if args.gpu_benchmark:
-        result = gpu_benchmark(enforce_eager=args.eager, bandwidth_tbps=args.bandwidth_tbps)
+        result = gpu_benchmark(bandwidth_tbps=args.bandwidth_tbps)
         print(json.dumps(result["throughput"] + result["decode"], indent=2, ensure_ascii=False))
         return 0
     if args.cpu_results:

