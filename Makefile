@@ -1,5 +1,5 @@
 # 「高效推理與服務」— two commands from a fresh clone:
-#   make serve   set everything up, then serve the book on http://127.0.0.1:8000
+#   make serve   set everything up, then serve the book on http://127.0.0.1:8080
 #   make test    set everything up, then run the whole CPU suite (engines, code blocks, notebooks, strict build)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -50,7 +50,7 @@ model: $(STAMP)
 	$(VENV)/bin/servelab model prepare
 
 serve: setup
-	$(VENV)/bin/mkdocs serve -a 127.0.0.1:8000
+	$(VENV)/bin/mkdocs serve -a 127.0.0.1:8080
 
 build: setup
 	$(VENV)/bin/mkdocs build --strict

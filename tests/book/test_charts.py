@@ -53,7 +53,8 @@ def test_bar_chart_draws_one_bar_per_row_with_labels_and_values():
         assert f">{charts.fmt(row['tokens_per_s'])}<" in svg  # the printed value
     for text in ("vLLM 與 HF 的吞吐量", ">引擎<", ">tokens/s<", 'role="img"', "<title", "<desc"):
         assert text in svg
-    assert THROUGHPUT in svg and "執行環境：" in svg and "H100" in svg  # caption: data file + provenance
+    device = json.loads((ROOT / THROUGHPUT).read_text(encoding="utf-8"))["provenance"]["device"]
+    assert THROUGHPUT in svg and "執行環境：" in svg and device.split(" ×")[0] in svg  # caption: data file + provenance
 
 
 def test_bars_are_taller_for_larger_values():
@@ -97,7 +98,7 @@ def test_currentcolor_and_fixed_palette():
     (BAR + "colour: red\n", "unknown key"),
     (BAR.replace("x: engine", "x: engin"), "no key 'engin'"),
     (BAR.replace("type: bar", "type: pie"), "type must be"),
-    (BAR.replace("y: [tokens_per_s]", "y: [shape]"), "must be a number"),
+    (BAR.replace("y: [tokens_per_s]", "y: [setup]"), "must be a number"),
     (BAR + "where: {engine: nothing}\n", "keeps no row"),
     (BAR.replace("title: vLLM 與 HF 的吞吐量\n", ""), "missing key"),
     (BAR.replace(THROUGHPUT, "../etc/passwd"), "repository-relative"),

@@ -35,6 +35,7 @@ from servelab.runtime import (
 )
 from servelab.runtime.results import write_results
 from servelab.runtime.vllm_engine import LLAMA_8B_SHAPE, engine_env, vllm_command
+from servelab.runtime.memo import experiment
 
 LESSON = "vllm/lab2_1/l01_setup_and_installation"
 QUESTION = "What is the capital of France?"
@@ -152,6 +153,7 @@ def check_install(run_cli: bool = True) -> InstallReport:
         report.cli_seconds = max(version.seconds, helped.seconds)
     return report
 # --8<-- [end:check_install]
+check_install = experiment(check_install)  # the test and the notebook share one run (servelab.runtime.memo)
 
 
 # --8<-- [start:metadata_alias]

@@ -538,6 +538,7 @@ def prefix_cache_probe(endpoint: VLLMEndpoint, n: int = 3) -> dict:
     phases["block_size"] = int(after["block_size"])
     return phases
 # --8<-- [end:prefix_probe]
+prefix_cache_probe = experiment(prefix_cache_probe)  # the test and the notebook share one run (servelab.runtime.memo)
 
 
 def prefix_rows(probe: dict) -> list[dict]:
