@@ -64,6 +64,14 @@ def _start(args: list[str], wanted: set[str], timeout_s: float = 600) -> tuple[s
     return proc, exports
 
 
+def _alive(pid: int) -> bool:
+    """Still running: /proc/<pid> exists and is not a zombie (an exited process whose reaper is not us)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 def _stop(proc: subprocess.Popen) -> str:
     tree = _descendants(proc.pid)
     assert tree, "the server runs as a child of servelab serve"
@@ -71,7 +79,9 @@ def _stop(proc: subprocess.Popen) -> str:
     proc.wait(timeout=120)
     stderr = proc.stderr.read()
     assert proc.returncode == 0, stderr
-    left = [pid for pid in tree if Path(f"/proc/{pid}").exists()]
+    deadline = time.monotonic() + 15
+    while (left := [pid for pid in tree if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.5)  # a worker may take a moment to exit after its parent
     assert not left, f"processes left behind: {left}"
     assert "Traceback" not in stderr
     return stderr

@@ -50,7 +50,9 @@ def test_config_enables_dynamic_batching_and_picks_the_instance_kind():
 
 def test_model_folder_holds_this_module_and_a_state_dict(tmp_path):
     folder = lesson.write_torch_model(tmp_path, "l03_pt_files")
-    assert (folder / "1" / "model.py").read_text() == Path(lesson.__file__).read_text()
+    shipped = (folder / "1" / "model.py").read_text()
+    assert shipped == lesson.model_source() and Path(lesson.__file__).read_text().startswith(shipped)
+    assert "class TritonPythonModel" in shipped
     state = torch.load(folder / "1" / "weights.pt", weights_only=True)
     model = lesson.MLPClassifier()
     model.load_state_dict(state)
