@@ -158,16 +158,27 @@ def mirror_errors(root: Path) -> list[str]:
 
 
 def stale_api_hits(root: Path) -> list[str]:
+    """Stale names outside a removed/replaced note: pages, the results tables they include, the code, the
+    Docker files, and the notebooks' cell sources (not their outputs: those are the tools' own words)."""
     errors = []
     skip = {root / "code" / "servelab" / "book" / "stale_apis.py"}
-    paths = [*(root / "docs").rglob("*.md"), *(root / "code").rglob("*.py"), *(root / "docker").rglob("*")]
+    paths = [*(root / "docs").rglob("*.md"), *(root / "results").rglob("*.md"), *(root / "code").rglob("*.py"),
+             *(root / "docker").rglob("*")]
     for path in sorted(p for p in paths if p.is_file() and p not in skip):
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             continue
-        for number, found, replacement in scan_text(text):
-            errors.append(f"{path.relative_to(root)}:{number}: '{found}' is stale — use {replacement}")
+        rel = path.relative_to(root)
+        for number, found, replacement in scan_text(text, str(rel)):
+            errors.append(f"{rel}:{number}: '{found}' is stale — use {replacement}")
+    for path in sorted((root / "docs" / "notebooks").rglob("*.ipynb")):
+        rel = path.relative_to(root)
+        cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+        for index, cell in enumerate(cells, 1):
+            source = "".join(cell.get("source", []))
+            for number, found, replacement in scan_text(source, str(rel)):
+                errors.append(f"{rel}: cell {index} line {number}: '{found}' is stale — use {replacement}")
     return errors
 
 

