@@ -7,11 +7,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.servelab-installed
 
-.PHONY: setup system model serve build test test-fast test-gpu notebooks clean
+.PHONY: setup setup-steps system model serve build test test-fast test-gpu notebooks clean
 
 MERMAID := docs/assets/vendor/mermaid.min.js
 
-setup: system $(STAMP) model $(MERMAID)
+# The set-up steps run side by side (apt beside pip; the model beside Mermaid), each one's output kept together.
+setup:
+	@$(MAKE) --no-print-directory -j3 -Otarget setup-steps
+
+setup-steps: system $(STAMP) model $(MERMAID)
 
 # Debian packages: Prometheus (prometheus + promtool), the monitoring lessons scrape Triton and vLLM with it;
 # Chromium, tests/book/test_browser.py opens the built site in it; npm (when the machine has none), it
@@ -29,7 +33,7 @@ system:
 
 # The site serves its own Mermaid (the npm registry's mermaid package, pinned by version and SHA-256 in
 # code/servelab/book/vendor.py), so the book works offline; nothing is loaded from a CDN.
-$(MERMAID): code/servelab/book/vendor.py | $(STAMP)
+$(MERMAID): code/servelab/book/vendor.py | $(STAMP) system
 	$(PY) -m servelab.book.vendor
 	touch $@
 

@@ -7,25 +7,14 @@ need. Its stored outputs must be clean after the book's scrubber (no machine pat
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 
-from servelab.book.notebooks import MARKER, execute, hygiene_problems
+from servelab.book.notebooks import MARKER, engines_used, execute, hygiene_problems
 from servelab.book.tree import lessons
 
 NOTEBOOKS = [item for item in lessons() if item.notebook.exists()]
-ENGINES = {  # shared fixture → what in a notebook's code means it talks to that engine
-    "vllm_shared": ("vllm_endpoint", "SERVELAB_VLLM_URL"),
-    "triton_shared": ("triton_endpoint", "SERVELAB_TRITON_ENDPOINT", "SERVELAB_TRITON_URL"),
-}
-
-
-def engines_used(path) -> list[str]:
-    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    return [fixture for fixture, words in ENGINES.items() if any(word in code for word in words)]
 
 
 @pytest.mark.engine

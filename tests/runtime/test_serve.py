@@ -3,6 +3,7 @@ Ctrl-C (SIGINT) and leaves no process behind; a server that dies while starting 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import queue
@@ -94,24 +95,6 @@ def _curl(command: str, env: dict[str, str]) -> str:
     return out.stdout
 
 
-def test_serve_vllm_prints_exports_answers_curl_and_stops_clean(bundled_model):
-    port = free_port()
-    proc, exports = _start(["serve", "vllm", "--port", str(port), "--api-key", "book-key"],
-                           {"SERVELAB_VLLM_URL", "SERVELAB_API_KEY"})
-    try:
-        assert exports == {"SERVELAB_VLLM_URL": f"http://127.0.0.1:{port}", "SERVELAB_API_KEY": "book-key"}
-        models = _curl('curl -sf -H "Authorization: Bearer ${SERVELAB_API_KEY}" '
-                       '"${SERVELAB_VLLM_URL:-http://127.0.0.1:8000}/v1/models"', exports)
-        assert '"smollm2"' in models
-        unauthorized = _curl('curl -s -o /dev/null -w "%{http_code}" "$SERVELAB_VLLM_URL/v1/models"', exports)
-        assert unauthorized == "401"
-    finally:
-        if proc.poll() is None:
-            stderr = _stop(proc)
-    assert "沒有留下任何伺服器行程" in stderr
-    assert "nanobind" not in stderr  # stop-time noise stays in the log
-
-
 def test_serve_triton_loads_the_repo_and_stops_clean(tmp_path):
     write_model(tmp_path, "echo", '''
 name: "echo"
@@ -156,3 +139,46 @@ def test_a_server_that_dies_while_starting_is_one_line(tmp_path):
     errors = [line for line in out.stderr.splitlines() if line.startswith("servelab: error:")]
     assert len(errors) == 1, out.stderr
     assert re.search(r"vllm serve exited with code \d+ before it was ready: .+ — read .+\.log", errors[0])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def vllm_serving(request, bundled_model):
+    """``servelab serve vllm`` starts with the file's first test: its half minute of start-up overlaps the
+    Triton and the dying-server tests, and the vLLM test (the last one) only waits for the exports."""
+    from servelab.runtime.process import InBackground
+
+    if not any(item.name.startswith("test_serve_vllm") for item in request.session.items
+               if getattr(item, "module", None) is request.module):
+        yield None
+        return
+    port = free_port()
+
+    @contextlib.contextmanager
+    def serving():
+        proc, exports = _start(["serve", "vllm", "--port", str(port), "--api-key", "book-key"],
+                               {"SERVELAB_VLLM_URL", "SERVELAB_API_KEY"})
+        try:
+            yield port, proc, exports
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+    starting = InBackground(serving, "servelab-serve-vllm")
+    yield starting
+    starting.close()
+
+
+def test_serve_vllm_prints_exports_answers_curl_and_stops_clean(vllm_serving):
+    port, proc, exports = vllm_serving.result()
+    try:
+        assert exports == {"SERVELAB_VLLM_URL": f"http://127.0.0.1:{port}", "SERVELAB_API_KEY": "book-key"}
+        models = _curl('curl -sf -H "Authorization: Bearer ${SERVELAB_API_KEY}" '
+                       '"${SERVELAB_VLLM_URL:-http://127.0.0.1:8000}/v1/models"', exports)
+        assert '"smollm2"' in models
+        unauthorized = _curl('curl -s -o /dev/null -w "%{http_code}" "$SERVELAB_VLLM_URL/v1/models"', exports)
+        assert unauthorized == "401"
+    finally:
+        if proc.poll() is None:
+            stderr = _stop(proc)
+    assert "沒有留下任何伺服器行程" in stderr
+    assert "nanobind" not in stderr  # stop-time noise stays in the log

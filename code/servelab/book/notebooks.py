@@ -27,6 +27,22 @@ from servelab.runtime.provenance import describe, provenance
 MARKER = "執行環境："
 
 
+# shared engine fixture → words in a notebook's code that mean it talks to that engine
+NOTEBOOK_ENGINES = {
+    "vllm_shared": ("vllm_endpoint", "SERVELAB_VLLM_URL"),
+    "triton_shared": ("triton_endpoint", "SERVELAB_TRITON_ENDPOINT", "SERVELAB_TRITON_URL"),
+}
+
+
+def engines_used(path: Path) -> list[str]:
+    """The session engines a notebook talks to (read from its code cells, not its prose)."""
+    import json
+
+    cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    return [fixture for fixture, words in NOTEBOOK_ENGINES.items() if any(word in code for word in words)]
+
+
 def where_it_ran() -> None:
     """Print the line the notebook contract looks for."""
     print(f"{MARKER}{describe(provenance())}")

@@ -7,6 +7,9 @@ Shared by the vLLM and Triton launchers. Failures name their cause in one line t
 * :class:`ModelPathError` — the model folder does not exist or is not a model;
 * :class:`ServerDiedError` — the server exited before it was ready (exit code, cause, log);
 * :class:`ServerTimeoutError` — it never became ready.
+
+:class:`InBackground` and :func:`started_together` start servers side by side (their start-up is mostly
+one core's work).
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -234,3 +239,56 @@ def for_display(token: str) -> str:
     if home and home != "/":
         token = re.sub(rf"(^|[=:]){re.escape(home)}(?=/|$)", r"\1$HOME", token)
     return token
+
+
+class InBackground:
+    """Enter a context manager (e.g. a server launcher) in a thread of its own; :meth:`result` waits for it.
+
+    The thread lives until :meth:`close`, and it is the thread that leaves the context: a server started
+    with ``PR_SET_PDEATHSIG`` is tied to the *thread* that started it, not just the process, so the thread
+    must outlive the server. Two servers started this way start side by side.
+    """
+
+    def __init__(self, factory: Callable[[], Any], name: str = "background") -> None:
+        import threading
+
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self._factory = factory
+        self._ready, self._done = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"servelab-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with self._factory() as value:
+                self.value = value
+                self._ready.set()
+                self._done.wait()
+        except BaseException as exc:  # noqa: BLE001 — handed to the caller of result()
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    def result(self) -> Any:
+        self._ready.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join()
+        if self.error is not None and self.value is not None:
+            raise self.error  # the context failed while leaving it
+
+
+@contextmanager
+def started_together(*factories: Callable[[], Any]) -> Iterator[list]:
+    """Start several servers at once (each launcher in its own thread); stop them all on exit."""
+    started = [InBackground(factory, f"together-{i}") for i, factory in enumerate(factories)]
+    try:
+        yield [item.result() for item in started]
+    finally:
+        for item in started:
+            item.close()

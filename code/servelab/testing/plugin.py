@@ -12,15 +12,24 @@ reader — ``SERVELAB_VLLM_URL``; ``SERVELAB_TRITON_URL``, ``SERVELAB_TRITON_GRP
 the pages' shell blocks run in this session reach the same engines. The session's servers use free ports
 (a reader's ``servelab serve`` may hold the documented ones). If those variables are already set (servers
 started with ``servelab serve``), the fixtures use those servers instead of starting new ones. GPU tests carry ``@pytest.mark.gpu``: on CPU they are reported as skipped with the reason.
+
+Early start: once the tests are collected, the server engines that some collected test will ask for
+(``vllm_shared``, ``triton_shared``; a notebook counts through the engines its code talks to) begin to
+start in a background thread, so their ~30 s of start-up overlaps the first tests (the site build and the
+browser test use one core of two). The fixture then only waits for the start to finish. The offline
+``llm_shared`` is not started early: a ``vllm.LLM`` belongs to the thread that uses it.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from servelab.runtime import settings as settings_module
+from servelab.runtime.process import InBackground
 
 
 def pytest_configure(config):
@@ -40,6 +49,66 @@ def pytest_configure(config):
         shutil.copytree(ROOT / "results", scratch, dirs_exist_ok=True)
     os.environ["SERVELAB_RESULTS_DIR"] = scratch
     config.add_cleanup(lambda: shutil.rmtree(scratch, ignore_errors=True))
+
+
+_EARLY: dict[str, InBackground] = {}
+
+
+def _engines_wanted(items) -> set[str]:
+    from servelab.book.notebooks import engines_used
+
+    wanted: set[str] = set()
+    for item in items:
+        if any(m.name == "skip" for m in item.iter_markers()):
+            continue
+        wanted |= set(getattr(item, "fixturenames", ()))
+        lesson = getattr(getattr(item, "callspec", None), "params", {}).get("lesson")
+        notebook = getattr(lesson, "notebook", None)
+        if notebook is not None and notebook.exists():
+            wanted |= set(engines_used(notebook))
+    return wanted
+
+
+def _start_vllm():
+    from servelab.runtime import prepare_model, vllm_server
+
+    prepare_model(log=lambda _: None)
+    return vllm_server()
+
+
+def _start_triton():
+    import shutil
+    import tempfile
+    from contextlib import contextmanager
+
+    from servelab.runtime import triton_server
+
+    @contextmanager
+    def server():
+        repository = Path(tempfile.mkdtemp(prefix="servelab-triton-repository-"))
+        try:
+            with triton_server(repository) as endpoint:
+                yield endpoint
+        finally:
+            shutil.rmtree(repository, ignore_errors=True)
+
+    return server()
+
+
+def pytest_collection_finish(session):
+    if os.environ.get("SERVELAB_NO_EARLY_START") or session.config.option.collectonly:
+        return
+    wanted = _engines_wanted(session.items)
+    if "vllm_shared" in wanted and not os.environ.get("SERVELAB_VLLM_URL"):
+        _EARLY["vllm_shared"] = InBackground(_start_vllm, "vllm_shared")
+    if "triton_shared" in wanted and not os.environ.get("SERVELAB_TRITON_ENDPOINT"):
+        _EARLY["triton_shared"] = InBackground(_start_triton, "triton_shared")
+
+
+def pytest_unconfigure(config):
+    for early in _EARLY.values():  # started early but never asked for (e.g. the run stopped at -x)
+        early.close()
+    _EARLY.clear()
 
 
 def _gpu_available() -> tuple[bool, str]:
@@ -99,6 +168,19 @@ def bundled_model(settings):
     return prepare_model(settings)
 
 
+@contextmanager
+def _early_or(early: InBackground | None, factory):
+    """The engine an early start began (waiting for it), else one started now."""
+    if early is None:
+        with factory() as value:
+            yield value
+        return
+    try:
+        yield early.result()
+    finally:
+        early.close()
+
+
 @pytest.fixture(scope="session")
 def vllm_shared(bundled_model):
     from servelab.runtime import VLLMEndpoint, vllm_server
@@ -107,7 +189,8 @@ def vllm_shared(bundled_model):
         yield VLLMEndpoint(os.environ["SERVELAB_VLLM_URL"].rstrip("/"),
                            api_key=os.environ.get("SERVELAB_API_KEY") or "EMPTY")
         return
-    with vllm_server() as endpoint:
+    early = _EARLY.pop("vllm_shared", None)
+    with _early_or(early, vllm_server) as endpoint:
         _export("SERVELAB_VLLM_URL", endpoint.base_url)
         yield endpoint
         _export("SERVELAB_VLLM_URL", None)
@@ -142,8 +225,8 @@ def triton_shared(tmp_path_factory):
             os.environ.setdefault(key, value)
         yield endpoint
         return
-    repository = tmp_path_factory.mktemp("triton-repository")
-    with triton_server(repository) as endpoint:
+    early = _EARLY.pop("triton_shared", None)
+    with _early_or(early, lambda: triton_server(tmp_path_factory.mktemp("triton-repository"))) as endpoint:
         for key, value in triton_exports(endpoint).items():
             _export(key, value)
         yield endpoint

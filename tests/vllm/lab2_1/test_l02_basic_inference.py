@@ -151,8 +151,8 @@ def test_invalid_sampling_params_name_the_parameter():
 @pytest.mark.engine
 def test_one_call_with_many_prompts_beats_a_loop(llm):
     prompts = [f"Write one sentence about the number {i}." for i in range(8)]
-    result = lesson.batch_vs_loop(llm, prompts, max_tokens=8)
-    assert result["tokens"] == 8 * 8
+    result = lesson.batch_vs_loop(llm, prompts)  # the notebook's call: measured once per session
+    assert result["tokens"] == 8 * 16
     assert result["same_text"] == "✓"
     assert result["speedup"] > 2.0, result
 

@@ -1,7 +1,7 @@
 """03-Advanced_Features：結構化輸出、LoRA、前綴快取、工具呼叫、平行化。
 
 One extra engine for the whole file: a ``vllm serve`` with ``--enable-lora --lora-modules`` and
-``--enable-auto-tool-choice --tool-call-parser hermes`` (module-scoped). Everything else reuses the session's
+``--enable-auto-tool-choice --tool-call-parser hermes`` (module-scoped, started in the background with the file's first test). Everything else reuses the session's
 ``vllm_shared`` / ``llm_shared``. The offline ``LoRARequest`` path runs in the lesson's notebook (executed in CI).
 """
 
@@ -12,6 +12,7 @@ import re
 
 import pytest
 
+from servelab.runtime.process import InBackground
 from servelab.vllm.lab2_1 import l03_advanced_features as lesson
 
 
@@ -20,10 +21,21 @@ def adapter():
     return lesson.train_adapter(log=lambda _: None)  # cached after the first run
 
 
+@pytest.fixture(scope="module", autouse=True)
+def lora_tool_server_starting(request, adapter, bundled_model):
+    """The LoRA/tool server starts with the file's first test, beside the tests that use the shared engines."""
+    if not any("lora_tool_server" in getattr(item, "fixturenames", ()) for item in request.session.items
+               if getattr(item, "module", None) is request.module and not item.get_closest_marker("skip")):
+        yield None
+        return
+    starting = InBackground(lambda: lesson.lora_tool_server(adapter), "lora_tool_server")
+    yield starting
+    starting.close()
+
+
 @pytest.fixture(scope="module")
-def lora_tool_server(adapter, bundled_model):
-    with lesson.lora_tool_server(adapter) as endpoint:
-        yield endpoint
+def lora_tool_server(lora_tool_server_starting):
+    return lora_tool_server_starting.result()
 
 
 # --- 結構化輸出 ----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """04-Production_Deployment：生產旗標、金鑰、上限、指標、負載測試、SIGTERM 排水，以及部署檔的驗證。
 
 One extra engine start for the whole file: ``prod`` (module scope) runs ``vllm serve`` with the flags this lesson
-teaches, plus request logging and OpenTelemetry tracing to an in-process OTLP receiver (``otlp``). Its last test
+teaches, plus request logging and OpenTelemetry tracing to an in-process OTLP receiver (``otlp``). It starts
+in the background with the file's first test (the deployment-file checks need no engine), and its last test
 sends SIGTERM, so it runs last (tests run in file order).
 """
 
@@ -17,6 +18,7 @@ import time
 import httpx
 import pytest
 
+from servelab.runtime.process import InBackground
 from servelab.vllm.lab2_1 import l04_production_deployment as lesson
 
 MAX_MODEL_LEN = 512
@@ -30,13 +32,24 @@ def otlp():
         yield url, spans
 
 
-@pytest.fixture(scope="module")
-def prod(bundled_model, otlp):
+@pytest.fixture(scope="module", autouse=True)
+def prod_starting(request, bundled_model, otlp):
+    """``prod`` starts with the file's first test, so its start overlaps the checks that need no engine."""
+    if not any("prod" in getattr(item, "fixturenames", ()) for item in request.session.items
+               if getattr(item, "module", None) is request.module and not item.get_closest_marker("skip")):
+        yield None
+        return
     url, _ = otlp
-    with lesson.production_server(max_model_len=MAX_MODEL_LEN, max_num_seqs=MAX_NUM_SEQS,
-                                  shutdown_timeout=SHUTDOWN_TIMEOUT, env=lesson.OBSERVABILITY_ENV,
-                                  **lesson.observability_flags(url)) as endpoint:
-        yield endpoint
+    starting = InBackground(lambda: lesson.production_server(
+        max_model_len=MAX_MODEL_LEN, max_num_seqs=MAX_NUM_SEQS, shutdown_timeout=SHUTDOWN_TIMEOUT,
+        env=lesson.OBSERVABILITY_ENV, **lesson.observability_flags(url)), "prod")
+    yield starting
+    starting.close()
+
+
+@pytest.fixture(scope="module")
+def prod(prod_starting):
+    return prod_starting.result()
 
 
 @pytest.fixture(scope="module")
@@ -97,27 +110,19 @@ def test_observability_flags_parse():
     assert lesson.parse_serve_args(["m"]).enable_log_requests is False  # request logging is off by default
 
 
-def test_the_real_cli_takes_the_abbreviation_and_rejects_the_typo(bundled_model):
-    """One ``vllm serve`` run: --max-num-seq (a prefix) is accepted, only --max-num-sqs is reported."""
+def test_the_real_cli_takes_the_abbreviation_rejects_the_typo_and_a_second_serve(bundled_model):
+    """One real ``vllm serve`` run, as the Dockerfile's ENTRYPOINT ["vllm", "serve"] + a CMD that starts with
+    "serve" again would make it: the model path becomes an extra positional argument, --max-num-seq (a
+    prefix) is accepted, and only --max-num-sqs is reported beside it — the two rows of the troubleshooting
+    table, from vLLM's own command line."""
     from servelab.runtime.vllm_engine import engine_env, vllm_command
 
-    proc = subprocess.run([*vllm_command(), "serve", str(bundled_model.path), "--max-num-seq", "4",
-                           "--max-num-sqs", "7"], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **engine_env()}, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "vllm: error: unrecognized arguments: --max-num-sqs 7"
-
-
-def test_serve_written_twice_is_the_error_of_the_troubleshooting_table():
-    """ENTRYPOINT ["vllm", "serve"] + a CMD that starts with "serve" again."""
-    from servelab.runtime.vllm_engine import engine_env, vllm_command
-
-    model = lesson.dockerfile_facts()["cmd"][0]
-    proc = subprocess.run([*vllm_command(), "serve", "serve", model, "--max-model-len", "8192"],
+    model = str(bundled_model.path)
+    proc = subprocess.run([*vllm_command(), "serve", "serve", model, "--max-num-seq", "4", "--max-num-sqs", "7"],
                           capture_output=True, text=True, timeout=300, env={**os.environ, **engine_env()},
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 2
-    assert f"vllm: error: unrecognized arguments: {model}" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"vllm: error: unrecognized arguments: {model} --max-num-sqs 7"
 
 
 def test_kubernetes_manifests_pass_the_schema_validator():

@@ -283,6 +283,7 @@ TEMPERATURE_COLUMNS = {"temperature": "temperature", "n": "樣本數 n", "distin
 # ---------------------------------------------------------------------------------------------------
 
 # --8<-- [start:batching]
+@experiment(ignore=("llm",))  # a test and the notebook call it alike: measured once per test session
 def batch_vs_loop(llm, prompts: Sequence[str], max_tokens: int = 16) -> dict:
     """The same prompts: one generate() call with all of them, then one call per prompt."""
     from vllm import SamplingParams

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from enum import Enum
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from servelab.runtime import (
     vllm_server,
 )
 from servelab.runtime.memo import experiment
+from servelab.runtime.process import started_together
 from servelab.runtime.results import write_results
 
 LESSON = "vllm/lab2_1/l03_advanced_features"
@@ -606,14 +608,13 @@ def budget_sweep(budgets: Sequence[int] = BUDGETS, repeats: int = 3,
     shared one) at vLLM's default budget."""
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for budget in budgets:
-            config = write_budget_config(Path(folder), budget)
-            with budget_server(config) as server:
-                row = budget_row(server, budget, repeats)
-            rows.append({**row, "source": f"--config {config.name}", "max_num_seqs": BUDGET_MAX_NUM_SEQS,
-                         "flags": flags_in_log(server.process.log_path)})
+        configs = [write_budget_config(Path(folder), budget) for budget in budgets]
+        with started_together(*(partial(budget_server, c) for c in configs)) as servers:  # (6)!
+            for budget, config, server in zip(budgets, configs, servers):  # measured one at a time
+                rows.append({**budget_row(server, budget, repeats), "source": f"--config {config.name}",
+                             "max_num_seqs": BUDGET_MAX_NUM_SEQS, "flags": flags_in_log(server.process.log_path)})
     budget, seqs = default_budget()
-    with nullcontext(endpoint) if endpoint else vllm_endpoint() as book_server:  # (6)!
+    with nullcontext(endpoint) if endpoint else vllm_endpoint() as book_server:  # (7)!
         rows.append({**budget_row(book_server, budget, repeats), "source": "預設（本書的伺服器）",
                      "max_num_seqs": seqs, "flags": {}})
     return rows

@@ -627,9 +627,13 @@ def unknown_serve_flags(args: Sequence[str], help_text: str) -> list[str]:
 
 
 def serve_help_text() -> str:
-    proc = subprocess.run([*vllm_command(), "serve", "--help=all"], capture_output=True, text=True,
-                          env={**os.environ, **engine_env()}, timeout=300, stdin=subprocess.DEVNULL)
-    return proc.stdout
+    """Every option string of ``vllm serve``, one per line: what ``vllm serve --help=all`` lists, read from the
+    same parser in this process (no second vLLM start just to print help)."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
+    return "\n".join(sorted(parser._option_string_actions))  # argparse's own table of option strings
 
 
 def load_yaml(path: Path) -> dict:
