@@ -400,9 +400,12 @@ def perf_analyzer_argv(binary: str, endpoint, model: str, concurrency: str, out:
 
 
 def run_perf_analyzer(endpoint, model: str, concurrency: str, request_count: int | None = 300,
-                      timeout_s: float = 120, **options) -> list[dict]:
+                      timeout_s: float | None = None, **options) -> list[dict]:
     """Run perf_analyzer over HTTP; one row per concurrency level (latencies in ms)."""
     binary, env = perf_analyzer_binary()
+    if timeout_s is None:  # a few times the run's expected length: a stuck run costs seconds, not minutes
+        rate = float(concurrency.split(":")[0]) if options.get("mode") == "request_rate" else 50.0
+        timeout_s = max(20.0, 4 * request_count / rate) if request_count else 120.0
     with tempfile.TemporaryDirectory() as tmp:
         argv = perf_analyzer_argv(binary, endpoint, model, concurrency, Path(tmp), request_count, **options)
         for attempt in (1, 2):  # (7)!
