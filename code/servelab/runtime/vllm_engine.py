@@ -322,7 +322,10 @@ def vllm_server(*extra_args: str, settings: Settings | None = None, port: int | 
     server_env, argv = serve_spec(settings, port, *extra_args, api_key=api_key, model=model, **overrides)
     argv = [*vllm_command(), *argv[1:]]  # the same argv the page shows, with this venv's vllm
     log_path = log_path or settings.cache_dir / "logs" / f"vllm-{port}.log"
-    proc = ManagedProcess("vllm serve", argv, log_path, env={**server_env, **(env or {})})
+    # vLLM's default process layout, whatever an offline engine of this process set (offline_llm() puts the
+    # CPU engine core in-process through VLLM_ENABLE_V1_MULTIPROCESSING=0, and a child would inherit it)
+    layout = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    proc = ManagedProcess("vllm serve", argv, log_path, env={**layout, **server_env, **(env or {})})
     proc.start()
     try:
         base = f"http://{settings.host}:{port}"

@@ -12,6 +12,8 @@ runs the two ``vllm`` commands the lesson is about, once per session (shared wit
 
 from __future__ import annotations
 
+import sys
+import subprocess
 import importlib.metadata
 import json
 
@@ -195,7 +197,15 @@ def test_the_launcher_sets_the_kv_budget_with_the_flag_not_the_legacy_variable()
 
 @pytest.fixture(scope="module")
 def offline_run(bundled_model):
-    return lesson.offline_capacity(2, 1024)
+    """In a fresh Python process: a second in-process vLLM engine that shuts down takes vLLM's process-wide
+    parallel state with it, which the session's ``llm_shared`` still needs."""
+    code = ("import json; from servelab.vllm.lab2_1 import l01_setup_and_installation as m; "
+            "print('RESULT', json.dumps(m.offline_capacity(2, 1024)))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
+                          stdin=subprocess.DEVNULL)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1].removeprefix("RESULT "))
 
 
 @pytest.mark.engine
