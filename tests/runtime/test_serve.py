@@ -20,6 +20,7 @@ import pytest
 from servelab.book.tree import ROOT
 from servelab.runtime.process import free_port
 from servelab.runtime.triton_repo import write_model
+from servelab.testing.plugin import started_with_the_file
 
 pytestmark = pytest.mark.engine
 SERVELAB = [sys.executable, "-m", "servelab.cli"]
@@ -142,15 +143,9 @@ def test_a_server_that_dies_while_starting_is_one_line(tmp_path):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def vllm_serving(request, bundled_model):
+def vllm_serving_starting(request, bundled_model):
     """``servelab serve vllm`` starts with the file's first test: its half minute of start-up overlaps the
     Triton and the dying-server tests, and the vLLM test (the last one) only waits for the exports."""
-    from servelab.runtime.process import InBackground
-
-    if not any(item.name.startswith("test_serve_vllm") for item in request.session.items
-               if getattr(item, "module", None) is request.module):
-        yield None
-        return
     port = free_port()
 
     @contextlib.contextmanager
@@ -163,13 +158,17 @@ def vllm_serving(request, bundled_model):
             if proc.poll() is None:
                 proc.kill()
 
-    starting = InBackground(serving, "servelab-serve-vllm")
-    yield starting
-    starting.close()
+    with started_with_the_file(request, "vllm_serving", serving, "servelab-serve-vllm") as starting:
+        yield starting
+
+
+@pytest.fixture(scope="module")
+def vllm_serving(vllm_serving_starting):
+    return vllm_serving_starting.result()
 
 
 def test_serve_vllm_prints_exports_answers_curl_and_stops_clean(vllm_serving):
-    port, proc, exports = vllm_serving.result()
+    port, proc, exports = vllm_serving
     try:
         assert exports == {"SERVELAB_VLLM_URL": f"http://127.0.0.1:{port}", "SERVELAB_API_KEY": "book-key"}
         models = _curl('curl -sf -H "Authorization: Bearer ${SERVELAB_API_KEY}" '

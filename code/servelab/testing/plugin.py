@@ -169,6 +169,23 @@ def bundled_model(settings):
 
 
 @contextmanager
+def started_with_the_file(request, fixture: str, factory, name: str):
+    """For a module-scoped autouse fixture: start a test file's own server (``factory``) in the background with
+    the file's first test, when a selected test of the file asks for ``fixture``; stop it with the file.
+    The fixture ``fixture`` then waits with ``.result()``. Yields the :class:`InBackground`, or None."""
+    items = [item for item in request.session.items
+             if getattr(item, "module", None) is request.module and not item.get_closest_marker("skip")]
+    if not any(fixture in getattr(item, "fixturenames", ()) for item in items):
+        yield None
+        return
+    starting = InBackground(factory, name)
+    try:
+        yield starting
+    finally:
+        starting.close()
+
+
+@contextmanager
 def _early_or(early: InBackground | None, factory):
     """The engine an early start began (waiting for it), else one started now."""
     if early is None:
@@ -183,14 +200,14 @@ def _early_or(early: InBackground | None, factory):
 
 @pytest.fixture(scope="session")
 def vllm_shared(bundled_model):
-    from servelab.runtime import VLLMEndpoint, vllm_server
+    from servelab.runtime import VLLMEndpoint
 
     if os.environ.get("SERVELAB_VLLM_URL"):
         yield VLLMEndpoint(os.environ["SERVELAB_VLLM_URL"].rstrip("/"),
                            api_key=os.environ.get("SERVELAB_API_KEY") or "EMPTY")
         return
     early = _EARLY.pop("vllm_shared", None)
-    with _early_or(early, vllm_server) as endpoint:
+    with _early_or(early, _start_vllm) as endpoint:
         _export("SERVELAB_VLLM_URL", endpoint.base_url)
         yield endpoint
         _export("SERVELAB_VLLM_URL", None)
@@ -216,8 +233,8 @@ def triton_exports(endpoint) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def triton_shared(tmp_path_factory):
-    from servelab.runtime import TritonEndpoint, triton_server
+def triton_shared():
+    from servelab.runtime import TritonEndpoint
 
     if os.environ.get("SERVELAB_TRITON_ENDPOINT"):
         endpoint = TritonEndpoint.from_env(os.environ["SERVELAB_TRITON_ENDPOINT"])
@@ -226,7 +243,7 @@ def triton_shared(tmp_path_factory):
         yield endpoint
         return
     early = _EARLY.pop("triton_shared", None)
-    with _early_or(early, lambda: triton_server(tmp_path_factory.mktemp("triton-repository"))) as endpoint:
+    with _early_or(early, _start_triton) as endpoint:
         for key, value in triton_exports(endpoint).items():
             _export(key, value)
         yield endpoint

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from servelab.runtime.process import InBackground
+from servelab.testing.plugin import started_with_the_file
 from servelab.vllm.lab2_1 import l03_advanced_features as lesson
 
 
@@ -24,13 +24,9 @@ def adapter():
 @pytest.fixture(scope="module", autouse=True)
 def lora_tool_server_starting(request, adapter, bundled_model):
     """The LoRA/tool server starts with the file's first test, beside the tests that use the shared engines."""
-    if not any("lora_tool_server" in getattr(item, "fixturenames", ()) for item in request.session.items
-               if getattr(item, "module", None) is request.module and not item.get_closest_marker("skip")):
-        yield None
-        return
-    starting = InBackground(lambda: lesson.lora_tool_server(adapter), "lora_tool_server")
-    yield starting
-    starting.close()
+    with started_with_the_file(request, "lora_tool_server", lambda: lesson.lora_tool_server(adapter),
+                               "lora_tool_server") as starting:
+        yield starting
 
 
 @pytest.fixture(scope="module")

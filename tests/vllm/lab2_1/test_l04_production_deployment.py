@@ -18,7 +18,7 @@ import time
 import httpx
 import pytest
 
-from servelab.runtime.process import InBackground
+from servelab.testing.plugin import started_with_the_file
 from servelab.vllm.lab2_1 import l04_production_deployment as lesson
 
 MAX_MODEL_LEN = 512
@@ -35,16 +35,11 @@ def otlp():
 @pytest.fixture(scope="module", autouse=True)
 def prod_starting(request, bundled_model, otlp):
     """``prod`` starts with the file's first test, so its start overlaps the checks that need no engine."""
-    if not any("prod" in getattr(item, "fixturenames", ()) for item in request.session.items
-               if getattr(item, "module", None) is request.module and not item.get_closest_marker("skip")):
-        yield None
-        return
     url, _ = otlp
-    starting = InBackground(lambda: lesson.production_server(
-        max_model_len=MAX_MODEL_LEN, max_num_seqs=MAX_NUM_SEQS, shutdown_timeout=SHUTDOWN_TIMEOUT,
-        env=lesson.OBSERVABILITY_ENV, **lesson.observability_flags(url)), "prod")
-    yield starting
-    starting.close()
+    with started_with_the_file(request, "prod", lambda: lesson.production_server(
+            max_model_len=MAX_MODEL_LEN, max_num_seqs=MAX_NUM_SEQS, shutdown_timeout=SHUTDOWN_TIMEOUT,
+            env=lesson.OBSERVABILITY_ENV, **lesson.observability_flags(url)), "prod") as starting:
+        yield starting
 
 
 @pytest.fixture(scope="module")
