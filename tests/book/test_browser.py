@@ -10,6 +10,7 @@ works. Each check is shown, at the end of this file, to catch a failure planted 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -137,6 +138,30 @@ def tab_problem(page, base, first: str, second: str, label: str = TABS[1]) -> st
     return None
 
 
+def instant_mermaid_problem(page, base, start: str, target: str) -> str | None:
+    """Arrive at a page with diagrams by Material's instant navigation (a click, no page load) from a page
+    without any: the diagrams must still be drawn, from the site's own Mermaid."""
+    page.goto(base + start)
+    page.evaluate("""href => { const a = document.createElement('a'); a.href = href; a.id = 'servelab-go';
+                               a.textContent = 'go'; document.querySelector('article').append(a); }""", base + target)
+    page.click("#servelab-go")
+    page.wait_for_url(base + target)
+    with contextlib.suppress(Exception):
+        page.wait_for_function("document.querySelectorAll('pre.mermaid').length === 0", timeout=8000)
+    drawn, blocks = page.evaluate("""() => [[...document.querySelectorAll('div.mermaid')].filter(d => d.shadowRoot
+        && d.shadowRoot.querySelector('svg')).length, document.querySelectorAll('.mermaid').length]""")
+    if blocks == 0 or drawn != blocks:
+        return f"{start} → {target} (instant navigation): {drawn} of {blocks} diagrams drawn"
+    return None
+
+
+def diagram_pages(audits, site) -> tuple[str, list[str]]:
+    """A page without diagrams (where Material loads no Mermaid), then the pages with diagrams, in reading order."""
+    order = [p for p in nav_order(site) if p in audits]
+    plain = next(p for p in order if p and not audits[p].mermaid_blocks and not p.startswith("notebooks/"))
+    return plain, [p for p in order if audits[p].mermaid_blocks]
+
+
 def dark_mode_problem(page, base, path: str = "") -> str | None:
     page.goto(base + path)
     scheme, light = color_scheme(page)
@@ -181,6 +206,12 @@ def test_every_mermaid_block_is_drawn_as_svg(audits):
     assert mermaid_problems(audits) == []
 
 
+def test_diagrams_are_drawn_after_instant_navigation_from_a_page_without_any(page, base, audits, site):
+    plain, with_diagrams = diagram_pages(audits, site)
+    assert "mermaid" not in (site / plain / "index.html").read_text(encoding="utf-8").lower()  # no 3.5 MB script
+    assert instant_mermaid_problem(page, base, plain, with_diagrams[0]) is None
+
+
 def test_code_blocks_have_copy_buttons(audits):
     assert sum(a.code_blocks for a in audits.values()) > 0
     assert copy_problems(audits) == []
@@ -220,8 +251,12 @@ def planted(site, audits, tmp_path_factory):
     notebook = next(p for p in audits if p.startswith("notebooks/"))
     diagram = next(p for p in audits if audits[p].mermaid_blocks)
     first_tabs, second_tabs = tab_pages(audits, site)
+    plain, with_diagrams = diagram_pages(audits, site)
     where = {"console": lessons[0], "external": lessons[1], "link": lessons[2], "notebook_link": notebook,
-             "mermaid": diagram, "copy": lessons[3], "tabs": second_tabs, "tabs_from": first_tabs, "dark": ""}
+             "mermaid": diagram, "copy": lessons[3], "tabs": second_tabs, "tabs_from": first_tabs, "dark": "",
+             "plain": plain}
+    used = set(where.values())  # the index too: search and dark mode start there
+    where["instant"] = next(p for p in reversed(with_diagrams) if p not in used)
 
     def edit(path: str, change) -> None:
         file = copy / path / "index.html"
@@ -237,6 +272,7 @@ def planted(site, audits, tmp_path_factory):
         "</article>", '<a href="../../../vllm/lab2_1/l04_production_deployment.md">課程頁面</a></article>', 1))
     edit(where["mermaid"], lambda h: re.sub(r'(<pre class="mermaid"><code>)', r"\1flowchart LR\n  A --&gt;&gt;&gt; {{[\n",
                                               h, count=1))
+    edit(where["instant"], lambda h: re.sub(r'<script src="[^"]*mermaid\.min\.js"></script>', "", h))
     edit(where["copy"], lambda h: _config_without(h, "content.code.copy"))
     edit(where["tabs"], lambda h: re.sub(r'<script>var tabs=__md_get\("__tabs"\).*?</script>', "",
                                           _config_without(h, "content.tabs.link"), flags=re.S))
@@ -279,6 +315,15 @@ def test_planted_broken_links_are_caught(planted, planted_audits):
 def test_planted_broken_mermaid_is_caught(planted, planted_audits):
     _, _, where = planted
     assert any(p.startswith(where["mermaid"]) for p in mermaid_problems(planted_audits))
+
+
+def test_planted_diagram_page_without_its_script_is_caught(planted, context):
+    _, url, where = planted
+    page = context.new_page()
+    try:
+        assert instant_mermaid_problem(page, url, where["plain"], where["instant"]) is not None
+    finally:
+        page.close()
 
 
 def test_planted_missing_copy_buttons_are_caught(planted, planted_audits):

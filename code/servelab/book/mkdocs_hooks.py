@@ -39,11 +39,11 @@ def build_nav(docs_dir: Path) -> list:
 
 def on_config(config):
     config["nav"] = build_nav(Path(config["docs_dir"]))
-    # offline site: Mermaid is served by the site itself (extra_javascript), fetched once from npm
+    # offline site: Mermaid is served by the site itself, fetched once from npm; only pages that draw a
+    # diagram load it (on_post_page), the others do not download its 3.5 MB
     from servelab.book.vendor import MERMAID_URI, ensure_mermaid
 
-    if any(str(script) == MERMAID_URI for script in config["extra_javascript"]):
-        ensure_mermaid(Path(config["docs_dir"]) / MERMAID_URI)
+    ensure_mermaid(Path(config["docs_dir"]) / MERMAID_URI)
     # Chinese search: every glossary term is one jieba token
     site_fixes.teach_jieba(site_fixes.glossary_terms(Path(config["docs_dir"]) / "glossary.md"))
     return config
@@ -88,6 +88,12 @@ def on_page_content(html, page, config, files):
         html = site_fixes.align_notebook_heading_ids(html, page)
         html = site_fixes.notebook_download_button(html, page)
     return html
+
+
+def on_post_page(output, page, config):
+    from servelab.book.vendor import with_mermaid
+
+    return with_mermaid(output, page.url)
 
 
 @event_priority(-100)  # after the search plugin has written its index

@@ -25,7 +25,7 @@ MERMAID_VERSION = "11.17.2"  # Material 9.8.1 expects mermaid@11 (the version it
 MERMAID_SHA256 = "581ed7d74bd9048d0e3a91363927d72ef22942d7722546b27f7cc29e35390eb8"
 VENDOR_DIR = ROOT / "docs" / "assets" / "vendor"
 MERMAID_JS = VENDOR_DIR / "mermaid.min.js"
-MERMAID_URI = "assets/vendor/mermaid.min.js"  # as listed in mkdocs.yml's extra_javascript
+MERMAID_URI = "assets/vendor/mermaid.min.js"  # a page with a diagram loads it (with_mermaid, from the site hook)
 
 
 def _sha256(path: Path) -> str:
@@ -62,3 +62,19 @@ def ensure_mermaid(dest: Path = MERMAID_JS) -> Path:
 
 if __name__ == "__main__":
     print(ensure_mermaid().relative_to(ROOT), file=sys.stderr)
+
+
+def with_mermaid(html: str, page_url: str) -> str:
+    """A page with a diagram (``<pre class="mermaid">``) loads the site's Mermaid; a page without one is
+    unchanged, and Material, finding no diagram, loads no Mermaid at all.
+
+    The script goes at the end of Material's container (after ``</main>``), not in ``<head>``: with
+    ``navigation.instant`` Material swaps in the next page's container and runs its scripts, waiting for a
+    script's ``load`` before it draws the page, so a reader who arrives from a page without diagrams still
+    has ``window.mermaid`` before Material looks for it (else Material would fetch it from a CDN)."""
+    if '<pre class="mermaid"' not in html or "</main>" not in html:
+        return html
+    from mkdocs.utils import get_relative_url
+
+    src = get_relative_url(MERMAID_URI, page_url or ".")
+    return html.replace("</main>", f'</main>\n<script src="{src}"></script>', 1)

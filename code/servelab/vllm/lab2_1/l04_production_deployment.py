@@ -33,6 +33,7 @@ from servelab.book.tree import ROOT  # 本書儲存庫的根目錄（docker/vllm
 from servelab.runtime import (
     TritonEndpoint, VLLMEndpoint, dummy_llama_8b, get_settings, prepare_model, vllm_server,
 )
+from servelab.runtime.memo import experiment
 from servelab.runtime.results import write_results
 from servelab.runtime.vllm_engine import engine_env, vllm_command
 
@@ -352,6 +353,7 @@ class LoadTestFailed(RuntimeError):
     """vllm bench serve 以結束碼 0 結束，卻沒有任何請求成功（它只印一行警告）。"""
 
 
+@experiment  # a test and the notebook with the same arguments share one run (servelab.runtime.memo)
 def run_bench(endpoint: VLLMEndpoint, tokenizer: Path, max_concurrency: int, num_prompts: int,
               input_len: int = 64, output_len: int = 32, timeout_s: float = 900) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
