@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import httpx
 import pytest
 
-from servelab.runtime import ServerDiedError, vllm_server
+from servelab.runtime import ServerDiedError
+from servelab.runtime.process import ManagedProcess, free_port
 from servelab.runtime.vllm_engine import engine_kwargs
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -48,12 +51,17 @@ def test_engine_kwargs_follow_the_profile(settings):
     assert kwargs["served_model_name"] == "smollm2"
 
 
-def test_server_that_dies_reports_exit_code_cause_and_log(tmp_path, bundled_model):
-    log = tmp_path / "vllm.log"
+def test_server_that_dies_reports_exit_code_cause_and_log(tmp_path):
+    """The launcher's error path, on a real process that dies while starting (seconds, not a vLLM import);
+    a real ``vllm serve`` that dies is ``tests/runtime/test_serve.py``'s one-line CLI error."""
+    log = tmp_path / "server.log"
+    server = ManagedProcess("vllm serve", [sys.executable, "-c", "import sys; print('loading…'); "
+                            "print('vllm serve: error: unrecognized arguments: --no-such-flag', file=sys.stderr); "
+                            "sys.exit(2)"], log)
+    server.start()
     with pytest.raises(ServerDiedError) as caught:
-        with vllm_server("--no-such-flag", log_path=log):
-            pass
+        server.wait_ready(f"http://127.0.0.1:{free_port()}/health", timeout_s=30)
     summary = caught.value.summary
-    assert "\n" not in summary and "vllm serve exited with code" in summary and "before it was ready" in summary
+    assert "\n" not in summary and "vllm serve exited with code 2 before it was ready" in summary
     assert "unrecognized arguments: --no-such-flag" in summary and str(log) in summary
-    assert "last log lines" in str(caught.value)  # the details keep the log's tail
+    assert "last log lines" in str(caught.value) and "loading…" in str(caught.value)  # the details keep the log's tail
