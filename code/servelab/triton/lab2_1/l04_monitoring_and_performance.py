@@ -37,7 +37,7 @@ QUEUE_DELAY_US = 1000
 # How hard each profile's measurements push: requests per perf_analyzer run, concurrency of the comparison.
 # rates: perf_analyzer's request-rate mode (requests/s), around the plain model's capacity on each profile.
 LOAD = {"cpu": {"sweep_requests": 300, "compare_requests": 400, "concurrency": 8,
-                "rates": (100, 200, 300, 400, 500), "rate_requests": 300},
+                "rates": (200, 300, 400, 500), "rate_requests": 300},
         "gpu": {"sweep_requests": 600, "compare_requests": 1500, "concurrency": 16,
                 "rates": (1000, 2000, 3000, 4000, 5000), "rate_requests": 1500}}
 
