@@ -150,7 +150,9 @@ def test_fp8_weights_and_kv_on_the_8b_shape():
     assert not [r for r in rows.values() if "error" in r], rows
     assert rows["fp8"]["decode_ms"] < rows["bf16"]["decode_ms"]
     assert rows["fp8"]["roofline_fraction"] < 1 and rows["bf16"]["roofline_fraction"] < 1
-    assert rows["fp8"]["tput_2048"] > rows["fp8"]["tput_256"]  # 256 requests do not saturate
+    # weight bytes rule batch-1 decode; at the saturating load (2,048 requests) FP8 gains less or nothing
+    # (H200, vLLM 0.26: 1.42× against 1.00×; the goals 1.6× and 1.5× are recorded in `met`)
+    assert rows["fp8"]["decode_speedup"] > 1.2 and rows["fp8"]["tput_speedup"] < rows["fp8"]["decode_speedup"]
     assert rows["fp8+fp8kv"]["kv_blocks"] > 1.8 * rows["fp8"]["kv_blocks"]  # half the bytes per token
     assert rows["bf16"]["weights_gib"] and rows["fp8"]["weights_gib"], rows  # parsed from the INFO log
     assert rows["fp8"]["weights_gib"] < 0.65 * rows["bf16"]["weights_gib"]

@@ -402,6 +402,8 @@ def gpu_engines(settings=None) -> dict:
     common = {"enforce_eager": False, "max_num_seqs": max(GPU_CONCURRENCIES), "settings": settings}
     return {"預設（無推測）": offline_llm(**common),
             f"ngram k={K}": offline_llm(speculative_config=NGRAM, disable_log_stats=False, **common),
+            f"ngram_gpu k={K}": offline_llm(speculative_config={**NGRAM, "method": "ngram_gpu"},
+                                           disable_log_stats=False, **common),
             "draft：模型自己": offline_llm(speculative_config=draft_model_config(bundled, 3),
                                       disable_log_stats=False, **common)}
 
