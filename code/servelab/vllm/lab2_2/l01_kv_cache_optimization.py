@@ -74,7 +74,8 @@ def kv_lab_llm(**overrides) -> Iterator:
 def engine_metrics(llm) -> dict[str, float]:
     """The offline engine's Prometheus counters (``LLM.get_metrics``), by name."""
     wanted = ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:num_preemptions",
-              "vllm:external_prefix_cache_queries", "vllm:external_prefix_cache_hits")
+              "vllm:external_prefix_cache_queries", "vllm:external_prefix_cache_hits",
+              "vllm:kv_offload_load_bytes")  # the offloading connector's own counter (GPU, vLLM 0.26)
     values = dict.fromkeys(wanted, 0.0)
     for metric in llm.get_metrics():  # (6)!
         if metric.name in wanted:
@@ -335,7 +336,8 @@ def eviction_probe(llm, prompt_tokens: int, flood: int, seed: int = 0) -> list[d
         seconds = ttft_offline(llm, prompt)
         counts = grew(before, engine_metrics(llm))
         rows.append({"phase": phase, "prompt_tokens": prompt_tokens, "ttft_ms": seconds * 1000,
-                     "hits": counts["prefix_cache_hits"], "external_hits": counts["external_prefix_cache_hits"]})
+                     "hits": counts["prefix_cache_hits"], "external_hits": counts["external_prefix_cache_hits"],
+                     "offload_load_bytes": counts["kv_offload_load_bytes"]})
     return rows
 # --8<-- [end:eviction]
 
@@ -513,7 +515,8 @@ COLUMNS = {
                         "kv_gib": "區塊 × 每區塊位元組（GiB）", "requests_8k": "可放幾個 8,192-token 請求",
                         "ratio": "相對 bf16"},
     "offloading_gpu": {"phase": "情境", "prompt_tokens": "提示（token）", "ttft_ms": "TTFT（ms）",
-                       "hits": "GPU 前綴命中（token）", "external_hits": "從 CPU 載入（external hits）"},
+                       "hits": "GPU 前綴命中（token）", "external_hits": "external hits 計數",
+                       "offload_load_bytes": "從 CPU 載回（bytes）"},
 }
 
 
