@@ -86,6 +86,18 @@ def test_cache_config_defaults_the_page_states():
     assert defaults.kv_offloading_size is None and defaults.kv_offloading_backend == "native"
 
 
+def test_preemption_workload_outgrows_the_sixteen_blocks():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(lesson.prepare_model(log=lambda _: None).path)
+    lengths = [len(tokenizer(lesson.STORY.format(i=i, run=f"{run:08x}"))["input_ids"])
+               for i in range(6) for run in (0, 0x99999999, 0xFFFFFFFF, 0xDEADBEEF, 0x1F3A9C07, 0x0A0A0A0A)]
+    tokens = lesson.LAB_SIZES["preempt_tokens"]
+    assert 45 <= min(lengths) and max(lengths) <= 51  # the page's 45–51 (the run id is 8 hex digits)
+    assert max(lengths) <= 2 * lesson.LAB_BLOCK_SIZE  # two blocks each at the start: all six fit (12 of 16)…
+    assert min(lengths) + tokens - 1 > 2 * lesson.LAB_BLOCK_SIZE  # …three each by the end: 18 > 16
+
+
 # --- 本課引擎上的量測 ------------------------------------------------------------------------------
 
 @pytest.mark.engine
@@ -117,7 +129,7 @@ def test_preemption_happens_when_kv_runs_out_and_costs_the_preempted(lab):
     crowd, waves = lab["preemption"]
     assert crowd["preemptions"] >= 1 and crowd["preempted_requests"] >= 1
     assert waves["preemptions"] == 0 and waves["preempted_requests"] == 0
-    assert crowd["generated"] == waves["generated"] == 6 * 40
+    assert crowd["generated"] == waves["generated"] == 6 * lesson.LAB_SIZES["preempt_tokens"]
     assert crowd["decode_s_preempted"] is not None and waves["decode_s_preempted"] is None
     assert crowd["seconds"] < waves["seconds"]  # on CPU the short recompute costs less than halving the batch
 
@@ -132,7 +144,8 @@ def test_without_chunked_prefill_a_long_prompt_stalls_every_stream(lab):
 @pytest.mark.engine
 def test_eviction_turns_a_warm_prompt_cold_again(lab):
     cold, warm, evicted = lab["eviction"]
-    assert cold["hits"] == 0 and warm["hits"] == 288 and evicted["hits"] == 0  # 320 tokens: 10 blocks, 9 reused
+    assert lesson.LAB_SIZES["evict_tokens"] == 256
+    assert cold["hits"] == 0 and warm["hits"] == 224 and evicted["hits"] == 0  # 256 tokens: 8 blocks, 7 reused
     assert warm["ttft_ms"] < 0.5 * cold["ttft_ms"] and evicted["ttft_ms"] > 2 * warm["ttft_ms"]
 
 

@@ -262,10 +262,11 @@ def hash_speed(blocks: int = 2000, block_size: int = 32, algos: Sequence[str] = 
 
 
 # --8<-- [start:preemption]
-STORY = "Write a long, detailed story about the lighthouse keeper number {i} and the storm of {run}."
+STORY = ("Write a long, detailed story about the lighthouse keeper number {i} and the storm of {run}. "
+         "Describe the sea, the lamp, the ships that pass at night and the old dog that sleeps by the stove.")  # 45–51 tokens
 
 
-def preemption_run(llm, requests: int = 6, max_tokens: int = 40, wave: int | None = None) -> dict:
+def preemption_run(llm, requests: int = 6, max_tokens: int = 24, wave: int | None = None) -> dict:
     """``requests`` long generations; all at once, or ``wave`` at a time (what a smaller max_num_seqs does)."""
     run = uuid.uuid4().hex[:8]
     prompts = [STORY.format(i=i, run=run) for i in range(requests)]
@@ -290,7 +291,7 @@ def preemption_run(llm, requests: int = 6, max_tokens: int = 40, wave: int | Non
 
 
 # --8<-- [start:prefill_stall]
-def prefill_stall(llm, long_tokens: int = 320, streams: int = 2, max_tokens: int = 24, arrive_after: int = 6) -> dict:
+def prefill_stall(llm, long_tokens: int = 320, streams: int = 2, max_tokens: int = 16, arrive_after: int = 6) -> dict:
     """Streams decode; a long prompt arrives; how long does the longest step stall the streams?"""
     engine, rng = llm.llm_engine, random.Random(long_tokens)
     run = uuid.uuid4().hex[:8]
@@ -434,8 +435,8 @@ def kv_bytes_for(cfg: dict, dtype_bytes: float, tokens: int, block_size: int) ->
 # 一次跑完本課引擎上的量測（測試與筆記本共用）與結果檔
 # ---------------------------------------------------------------------------------------------------
 
-LAB_SIZES = {"tickets": 4, "preempt_requests": 6, "preempt_tokens": 40, "preempt_wave": 3,
-             "long_tokens": 320, "evict_tokens": 320, "evict_flood": 2}
+LAB_SIZES = {"tickets": 4, "preempt_requests": 6, "preempt_tokens": 24, "preempt_wave": 3,
+             "long_tokens": 320, "stream_tokens": 16, "evict_tokens": 256, "evict_flood": 2}
 
 
 @experiment
@@ -449,7 +450,7 @@ def lab_run(sizes: tuple = tuple(sorted(LAB_SIZES.items()))) -> dict:
                  "kv_cache_memory_bytes": cache.kv_cache_memory_bytes}
         prefix = prefix_hits_offline(llm, prompts, salt=uuid.uuid4().hex)
         salts = tenants(llm, prompts)
-        stall = prefill_stall(llm, long_tokens=s["long_tokens"])
+        stall = prefill_stall(llm, long_tokens=s["long_tokens"], max_tokens=s["stream_tokens"])
         preempt = [preemption_run(llm, s["preempt_requests"], s["preempt_tokens"]),
                    preemption_run(llm, s["preempt_requests"], s["preempt_tokens"], wave=s["preempt_wave"])]
         evict = eviction_probe(llm, s["evict_tokens"], s["evict_flood"])
