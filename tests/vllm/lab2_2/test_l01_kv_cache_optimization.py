@@ -191,10 +191,13 @@ def test_gpu_fp8_kv_doubles_the_block_count():
 @pytest.mark.gpu
 def test_gpu_kv_offloading_brings_back_an_evicted_prefix():
     result = lesson.gpu_offloading()
-    cold, warm, evicted = result["rows"]
-    # vLLM 0.26 records no prefix-cache counts for a request whose KV is loaded asynchronously (WIP-lab2_2.md):
-    # the evidence is the connector's own byte counter and the time to first token
-    assert evicted["offload_load_bytes"] > 0  # the flooded-out prefix came back from CPU memory…
-    assert evicted["ttft_ms"] < 0.8 * cold["ttft_ms"]  # …faster than computing it again
-    lesson.write_results(lesson.LESSON, "offloading_gpu", result["rows"], lesson.COLUMNS["offloading_gpu"],
+    rows = result["rows"]
+    lesson.write_results(lesson.LESSON, "offloading_gpu", rows, lesson.COLUMNS["offloading_gpu"],
                          extra={k: v for k, v in result.items() if k != "rows"})
+    (cold0, warm0, evicted0), (_, _, evicted1) = rows[:3], rows[3:]
+    assert warm0["hits"] > 0.9 * warm0["prompt_tokens"] and warm0["ttft_ms"] < 0.5 * cold0["ttft_ms"]
+    assert evicted0["hits"] == 0 and evicted0["ttft_ms"] > 0.7 * cold0["ttft_ms"]  # the control: flooded out, recomputed
+    assert evicted1["offload_store_bytes"] > 0  # the connector did write KV to CPU memory
+    # with the CPU copy the evicted prefix costs far less than recomputing it (H200, 0.26: 65 against 154 ms);
+    # vLLM 0.26 counts neither prefix hits nor kv_offload_load_bytes for it (the page says so), so time is the evidence
+    assert evicted1["ttft_ms"] < 0.6 * evicted0["ttft_ms"], (evicted0, evicted1)
