@@ -23,6 +23,7 @@ browser test use one core of two). The fixture then only waits for the start to 
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,11 +33,23 @@ from servelab.runtime import settings as settings_module
 from servelab.runtime.process import InBackground
 
 
+def _activate_this_environment() -> None:
+    """Shell code blocks run as a reader runs them after ``source .venv/bin/activate``: ``python``,
+    ``servelab`` and ``vllm`` are this environment's, never whatever else comes first on PATH."""
+    bindir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != bindir:
+        os.environ["PATH"] = bindir + (os.pathsep + path if path else "")
+    if sys.prefix != sys.base_prefix:  # a virtual environment (on the GPU runner it is the system Python)
+        os.environ.setdefault("VIRTUAL_ENV", sys.prefix)
+
+
 def pytest_configure(config):
     """CPU test runs write their figures into a scratch copy of ``results/``, never into the book's own.
 
     The GPU profile writes into ``results/`` itself: that is how the GPU runner's figures reach the book.
     """
+    _activate_this_environment()
     if os.environ.get("SERVELAB_PROFILE") == "gpu" or os.environ.get("SERVELAB_RESULTS_DIR"):
         return
     import shutil
