@@ -104,7 +104,7 @@ def test_ngram_on_cpu_accepts_most_drafts_yet_is_not_faster(vllm_shared, tmp_pat
     assert ngram["same_tokens"], ngram  # greedy speculative decoding is lossless
     # the lesson: more tokens per step, not more tokens per second — each step got that much dearer
     assert ngram["speedup"] < 0.6 * ngram["mean_accept_len"], ngram
-    assert ngram["ms_per_step"] > 1.5 * base["ms_per_step"], (ngram, base)
+    assert ngram["ms_per_step"] > 1.2 * base["ms_per_step"], (ngram, base)  # 1.5–1.9× in the book's CPU runs
     assert base["tokens"] == ngram["tokens"] == 24  # ignore_eos: both generate exactly max_tokens
     metrics = lesson.spec_counters(vllm_shared)  # the shared server speculates nothing: all counters are 0
     assert set(metrics.values()) == {0.0}
