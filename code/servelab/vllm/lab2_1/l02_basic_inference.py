@@ -419,6 +419,7 @@ def batch_invariance_probe(llm, prompt, sizes: Sequence[int] = (1, 4, 16), max_t
                      "max_logprob_diff": max(abs(a - b) for a, b in zip(logprobs[:upto], ref_logprobs[:upto]))})
     return rows
 # --8<-- [end:batch_invariance]
+batch_invariance_probe = experiment(batch_invariance_probe, ignore=("llm",))  # the test and the notebook share one run
 
 def many_fillers(count: int) -> list[str]:
     """``count`` different prompts for the batch-invariance probe (the 31 stories, then numbered parts)."""
@@ -584,6 +585,17 @@ def cpu_benchmark(llm=None, prompts: int = 8, input_len: int = 16, output_len: i
                   hf_batches: Sequence[int] = (4, 8), static_batch: int = 4, write: bool = False,
                   root: Path | None = None) -> dict:
     """vLLM vs HF on the bundled model (CPU): both workloads, HF batch sweep, static vs continuous."""
+    result = cpu_benchmark_measure(llm, prompts, input_len, output_len, tuple(hf_batches), static_batch)
+    if write:
+        extra = {key: value for key, value in result.items() if key != "rows"}
+        write_results(LESSON, "throughput_cpu", result["rows"], THROUGHPUT_COLUMNS, root=root, extra=extra)
+    return result
+
+
+@experiment(ignore=("llm",))  # the test and the notebook call cpu_benchmark alike: measured once per test session
+def cpu_benchmark_measure(llm, prompts: int, input_len: int, output_len: int, hf_batches: tuple[int, ...],
+                          static_batch: int) -> dict:
+    """What :func:`cpu_benchmark` measures (``llm`` None: an offline engine of its own), without writing."""
     context = offline_llm() if llm is None else nullcontext(llm)
     load_before = os.getloadavg()
     with context as engine, cpu_threads() as threads:
@@ -596,8 +608,6 @@ def cpu_benchmark(llm=None, prompts: int = 8, input_len: int = 16, output_len: i
         del model
     extra = {"torch_threads": threads, "vllm_bound_cpus": vllm_bound_cpus(), "input_len": input_len, "mean_output_len": output_len,
              "greedy_match": match, "load_average_before": load_before, "load_average_after": os.getloadavg()}
-    if write:
-        write_results(LESSON, "throughput_cpu", rows, THROUGHPUT_COLUMNS, root=root, extra=extra)
     return {"rows": rows, **extra}
 
 

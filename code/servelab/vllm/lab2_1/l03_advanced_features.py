@@ -297,6 +297,7 @@ def structured_server(endpoint: VLLMEndpoint, max_tokens: int = 48) -> dict[str,
         "choice": ask("choice", extra_body={"structured_outputs": {"choice": SENTIMENTS}}),
     }
 # --8<-- [end:so_server]
+structured_server = experiment(structured_server)  # the test and the notebook share one run (servelab.runtime.memo)
 
 
 # --8<-- [start:so_truncated]
@@ -315,6 +316,7 @@ def truncated_json(endpoint: VLLMEndpoint, max_tokens: int = 8) -> dict:
         error = exc.errors()[0]["msg"]  # e.g. "Invalid JSON: EOF while parsing a string ..."
     return {"text": text, "finish_reason": reply.choices[0].finish_reason, "error": error}
 # --8<-- [end:so_truncated]
+truncated_json = experiment(truncated_json)  # the test and the notebook share one run (servelab.runtime.memo)
 
 
 # --8<-- [start:so_removed]
