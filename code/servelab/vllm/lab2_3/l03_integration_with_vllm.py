@@ -58,14 +58,15 @@ def scrape(base_url: str, names: Sequence[str]) -> dict[str, float]:
 # --8<-- [start:gateway_server]
 @contextmanager
 def gateway_server(upstreams: Sequence[str], routing: str = "round_robin", port: int | None = None,
-                   **settings) -> Iterator[str]:
+                   workers: int = 1, **settings) -> Iterator[str]:
     """本書的閘道（servelab.gateway）以 uvicorn 在子行程執行；回傳它的網址。"""
     port = port or free_port()
     env = {"SERVELAB_GATEWAY_UPSTREAMS": json.dumps(list(upstreams)),  # (1)!
            "SERVELAB_GATEWAY_ROUTING": routing,
            **{f"SERVELAB_GATEWAY_{key.upper()}": str(value) for key, value in settings.items()}}
     argv = [sys.executable, "-m", "uvicorn", "--factory", "servelab.gateway.app:create_app",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # (2)!
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+            *(["--workers", str(workers)] if workers > 1 else [])]  # (2)!
     log = get_settings().cache_dir / "logs" / f"gateway-{port}.log"
     proc = ManagedProcess("gateway", argv, log, env=env)
     proc.start()
@@ -209,9 +210,46 @@ def measure_ways(targets: dict[str, VLLMEndpoint], concurrencies: Sequence[int],
         n = max(num_prompts, 4 * concurrency)
         for attempt in range(rounds):  # (1)!
             for way, endpoint in targets.items():
-                row = run_bench(endpoint, tokenizer, concurrency, n, input_len, output_len)
-                rows.append({"way": way, "round": attempt, **row})
+                with cpu_meter(endpoint.base_url) as cpu:
+                    row = run_bench(endpoint, tokenizer, concurrency, n, input_len, output_len)
+                rows.append({"way": way, "round": attempt, **row, **cpu})
     return rows
+
+
+@contextmanager
+def cpu_meter(base_url: str) -> Iterator[dict]:
+    """量測期間，監聽 base_url 那個連接埠的行程（與它的子行程：uvicorn 的 worker）平均用了幾個核心。
+    只量本書的閘道（命令列有 servelab.gateway）；vLLM 的 API 伺服器與引擎核心不在這裡量。"""
+    import psutil
+
+    port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+    found: dict = {}
+    procs: list = []
+    try:  # 監聽的可能是 worker：往上找到命令列是閘道的那個行程，再算它整棵行程樹
+        for pid in {c.pid for c in psutil.net_connections("tcp")
+                    if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid}:
+            proc = psutil.Process(pid)
+            while proc.parent() and "servelab.gateway" in " ".join(proc.parent().cmdline()):
+                proc = proc.parent()
+            if "servelab.gateway" in " ".join(proc.cmdline()):
+                procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        procs = []
+
+    def cpu_seconds() -> float:
+        total = 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+
+    start, wall = cpu_seconds(), time.perf_counter()
+    yield found
+    if procs:
+        found["gateway_cpu_cores"] = (cpu_seconds() - start) / (time.perf_counter() - wall)
 # --8<-- [end:three_ways]
 
 
@@ -275,8 +313,20 @@ def write_ways(rows: Sequence[dict], name: str, root: Path | None = None, extra:
                          extra={"tool": "vllm bench serve", "raw": list(rows), **(extra or {})})
 
 
-def write_overhead(rows: Sequence[dict], name: str, root: Path | None = None, extra: dict | None = None) -> Path:
-    return write_results(LESSON, name, gateway_overhead(rows), OVERHEAD_COLUMNS, root=root,
+def write_overhead(rows: Sequence[dict], name: str, root: Path | None = None, extra: dict | None = None,
+                   via: Sequence[str] = ("gateway",)) -> Path:
+    table = [{"way": way, **row} for way in via for row in gateway_overhead(rows, via=way)]
+    columns = OVERHEAD_COLUMNS if len(via) == 1 else {"way": "閘道", **OVERHEAD_COLUMNS}
+    cpu = {(r["way"], r["max_concurrency"]): r["gateway_cpu_cores"] for r in rows if "gateway_cpu_cores" in r}
+    if cpu:  # 閘道行程（含所有 worker）在量測期間平均用了幾個核心
+        for row in table:
+            row["gateway_cpu_cores"] = cpu.get((row["way"], row["max_concurrency"]))
+        columns = {**columns, "gateway_cpu_cores": "閘道 CPU（核心）"}
+    for row in table:
+        row["met"] = (row["throughput_loss_pct"] <= GOALS["throughput_loss_pct"]
+                      and row["added_p50_ttft_ms"] <= GOALS["added_p50_ttft_ms"]
+                      and abs(row["added_p50_itl_ms"]) <= GOALS["added_p50_itl_ms"])
+    return write_results(LESSON, name, table, columns, root=root,
                          extra={"tool": "vllm bench serve", "goals": GOALS, **(extra or {})})
 
 
@@ -517,18 +567,25 @@ GPU_LOAD = {"input_len": 512, "output_len": 64}
 GPU_CONCURRENCIES = (1, 16, 64)
 
 
+GPU_WORKERS = 4
+
+
 def gpu_overhead(concurrencies: Sequence[int] = GPU_CONCURRENCIES, rounds: int = 1, num_prompts: int = 100,
-                 root: Path | None = None) -> list[dict]:
-    """GPU：內附模型（bf16、CUDA graphs，一步約 1.6 ms）；vllm serve 直接 vs 經過閘道，輪流跑。"""
+                 workers: int = GPU_WORKERS, root: Path | None = None) -> list[dict]:
+    """GPU：內附模型（bf16、CUDA graphs，一步約 1.6 ms）；vllm serve 直接、經過一個閘道行程、經過 workers 個，輪流跑。"""
     from servelab.runtime import vllm_server
     from servelab.vllm.lab2_1.l04_production_deployment import _last_gpu  # 多張 GPU 時用最後一張
 
+    many = f"gateway ×{workers}"
     with vllm_server(enforce_eager=False, env=_last_gpu()) as direct, \
-            gateway_server([direct.base_url], max_in_flight=256) as gw:  # (1)!
-        targets = {"vllm serve": direct, "gateway": VLLMEndpoint(gw, direct.model)}
+            gateway_server([direct.base_url], max_in_flight=256) as gw, \
+            gateway_server([direct.base_url], workers=workers, max_in_flight=256) as gw_many:  # (1)!
+        targets = {"vllm serve": direct, "gateway": VLLMEndpoint(gw, direct.model),
+                   many: VLLMEndpoint(gw_many, direct.model)}
         rows = measure_ways(targets, concurrencies, num_prompts=num_prompts, rounds=rounds, **GPU_LOAD)
     write_ways(rows, "three_ways_gpu", root=root, extra={"load": GPU_LOAD})
-    write_overhead(rows, "gateway_overhead_gpu", root=root, extra={"load": GPU_LOAD})
+    write_overhead(rows, "gateway_overhead_gpu", root=root, extra={"load": GPU_LOAD, "workers": workers},
+                   via=("gateway", many))  # (2)!
     return rows
 # --8<-- [end:gpu_overhead]
 
