@@ -218,8 +218,9 @@ def measure_ways(targets: dict[str, VLLMEndpoint], concurrencies: Sequence[int],
 
 @contextmanager
 def cpu_meter(base_url: str) -> Iterator[dict]:
-    """量測期間，監聽 base_url 那個連接埠的行程（與它的子行程：uvicorn 的 worker）平均用了幾個核心。
-    只量本書的閘道（命令列有 servelab.gateway）；vLLM 的 API 伺服器與引擎核心不在這裡量。"""
+    """量測期間，監聽 base_url 那個連接埠的行程（與它的子行程：uvicorn 的 worker）用了幾秒 CPU。
+    只量本書的閘道（命令列有 servelab.gateway）；vLLM 的 API 伺服器與引擎核心不在這裡量。
+    除以負載本身的時間（vllm bench serve 的 duration，不含它匯入 vLLM 的十幾秒）就是平均用了幾個核心。"""
     import psutil
 
     port = int(base_url.rsplit(":", 1)[1].split("/")[0])
@@ -246,10 +247,10 @@ def cpu_meter(base_url: str) -> Iterator[dict]:
                 pass
         return total
 
-    start, wall = cpu_seconds(), time.perf_counter()
+    start = cpu_seconds()
     yield found
     if procs:
-        found["gateway_cpu_cores"] = (cpu_seconds() - start) / (time.perf_counter() - wall)
+        found["gateway_cpu_s"] = cpu_seconds() - start
 # --8<-- [end:three_ways]
 
 
@@ -317,7 +318,7 @@ def write_overhead(rows: Sequence[dict], name: str, root: Path | None = None, ex
                    via: Sequence[str] = ("gateway",)) -> Path:
     table = [{"way": way, **row} for way in via for row in gateway_overhead(rows, via=way)]
     columns = OVERHEAD_COLUMNS if len(via) == 1 else {"way": "閘道", **OVERHEAD_COLUMNS}
-    cpu = {(r["way"], r["max_concurrency"]): r["gateway_cpu_cores"] for r in rows if "gateway_cpu_cores" in r}
+    cpu = {(r["way"], r["max_concurrency"]): r["gateway_cpu_s"] / r["duration_s"] for r in rows if "gateway_cpu_s" in r}
     if cpu:  # 閘道行程（含所有 worker）在量測期間平均用了幾個核心
         for row in table:
             row["gateway_cpu_cores"] = cpu.get((row["way"], row["max_concurrency"]))
