@@ -8,19 +8,13 @@
 
 # --8<-- [start:context]
 import json
-import logging
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
-import uvicorn
 
 from servelab.gateway.app import create_app
+from servelab.gateway.inprocess import running_gateway  # 在一條執行緒裡跑閘道（第 4 課第 2.1 節列出全文）
 from servelab.gateway.settings import GatewaySettings
 from servelab.runtime import VLLMEndpoint, vllm_endpoint
-from servelab.runtime.process import free_port
 from servelab.runtime.results import write_results
 
 LESSON = "vllm/lab2_3/l01_basic_api"
@@ -32,25 +26,6 @@ def gateway_settings(upstream: VLLMEndpoint, **overrides) -> GatewaySettings:
     return GatewaySettings(upstreams=[upstream.base_url], upstream_api_key=key, **overrides)
 
 
-@contextmanager
-def running_gateway(settings: GatewaySettings, port: int | None = None) -> Iterator[str]:
-    """在這個行程的一條執行緒裡跑 uvicorn（真的 TCP 埠）；yield 閘道的基底網址。"""
-    port = port or free_port("127.0.0.1")
-    app = create_app(settings)
-    logging.getLogger("servelab.gateway").setLevel(logging.WARNING)  # 每個請求一行的 JSON 日誌在這裡不印
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False))
-    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the gateway did not start (see the log above)")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 # --8<-- [end:context]
 
 

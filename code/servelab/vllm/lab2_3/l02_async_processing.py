@@ -27,7 +27,8 @@ from servelab.runtime import VLLMEndpoint, vllm_endpoint
 from servelab.runtime.memo import experiment
 from servelab.runtime.process import free_port
 from servelab.runtime.results import write_results
-from servelab.vllm.lab2_3.l01_basic_api import gateway_settings, running_gateway
+from servelab.gateway.inprocess import running_gateway
+from servelab.vllm.lab2_3.l01_basic_api import gateway_settings
 
 LESSON = "vllm/lab2_3/l02_async_processing"
 

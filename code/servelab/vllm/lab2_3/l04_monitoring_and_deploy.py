@@ -29,6 +29,7 @@ import httpx
 from servelab.book.tree import ROOT  # 本書儲存庫的根目錄（deploy/gateway/ 在它底下）
 from servelab.gateway import observability
 from servelab.gateway.app import create_app
+from servelab.gateway.inprocess import running_gateway  # 第 2.1 節
 from servelab.gateway.settings import GatewaySettings
 from servelab.runtime import VLLMEndpoint, get_settings, vllm_server
 from servelab.runtime.memo import experiment
@@ -64,30 +65,6 @@ def gateway_env(container: dict) -> dict[str, str]:
     """Deployment 容器的 env（Secret 來的值換成佔位字串），交給 GatewaySettings 剖析。"""
     return {item["name"]: item.get("value", f"<{item['name'].lower()}>") for item in container["env"]}
 # --8<-- [end:context]
-
-
-# --8<-- [start:running_gateway]
-@contextmanager
-def running_gateway(settings: GatewaySettings) -> Iterator[str]:
-    """在這個行程的一條執行緒裡跑 uvicorn（真的 TCP 埠，Prometheus 才抓得到）；yield 基底網址。"""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))  # (1)!
-    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the gateway did not start (see the log above)")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-# --8<-- [end:running_gateway]
 
 
 # --8<-- [start:traffic]
@@ -607,7 +584,7 @@ def write_drain(report: DrainReport, root: Path | None = None) -> Path:
 def main() -> int:
     get_settings()
     with vllm_server() as upstream:
-        with running_gateway(gateway_settings(upstream)) as gateway:
+        with running_gateway(gateway_settings(upstream), quiet=False) as gateway:
             print("traffic:", send_traffic(gateway, upstream.model))
             with one_prometheus(gateway, upstream) as prom:
                 up = wait_for(prom, 'up{job=~"gateway|vllm"}', lambda r: len(r) == 2)
