@@ -147,3 +147,23 @@ def test_strict_build_fails_on_a_bad_chart(tmp_path):
     result = _build(project)
     assert result.returncode != 0
     assert "results/vllm/missing.json does not exist" in result.stderr + result.stdout
+
+
+def test_negative_values_hang_below_a_zero_line_with_valid_heights():
+    """A measured loss can be negative (the gateway "won" a cell): bars start at 0 and go down, never a
+    negative SVG height (a browser rejects it: the browser test caught one on Lab 2.3 l03)."""
+    source = "results/vllm/lab2_3/l03_integration_with_vllm/gateway_overhead_gpu.json"
+    spec = (f"source: {source}\ntype: bar\nx: max_concurrency\ny: [throughput_loss_pct]\nseries: way\n"
+            "title: loss\n")
+    values = [row["throughput_loss_pct"] for row in rows(source)]
+    assert min(values) < 0 < max(values)  # the file has both signs
+    svg = charts.render(spec)
+    bars = re.findall(r'<rect class="bar" x="[\d.]+" y="([\d.-]+)" width="[\d.]+" height="([\d.-]+)" '
+                      r'fill="[^"]+" data-value="([^"]+)"', svg)
+    assert sorted(float(v) for _, _, v in bars) == sorted(values)
+    assert all(float(height) >= 0 for _, height, _ in bars)
+    zero = float(re.search(r'<line class="zero" x1="[\d.]+" x2="[\d.]+" y1="([\d.]+)"', svg).group(1))
+    for y, height, value in bars:
+        top, bottom, value = float(y), float(y) + float(height), float(value)
+        assert (bottom == pytest.approx(zero, abs=0.11)) if value >= 0 else (top == pytest.approx(zero, abs=0.11))
+    assert charts.axis_ticks(-4.59, 52.1)[0] < 0 and 0.0 in charts.axis_ticks(-4.59, 52.1)

@@ -199,6 +199,19 @@ def nice_ticks(top: float, count: int = 5) -> list[float]:
     return ticks
 
 
+def axis_ticks(low: float, high: float) -> list[float]:
+    """Ticks from a round number ≤ min(low, 0) to one ≥ max(high, 0), with 0 among them and one step size
+    (the one :func:`nice_ticks` picks for the larger of the two magnitudes), so negative values get an axis too."""
+    up = nice_ticks(max(high, -low, 0))
+    step = up[1] - up[0]
+    ticks = [t for t in up if t < high + step - 1e-12 * step] if high > 0 else [0.0]
+    while ticks[-1] < high - 1e-12 * step:
+        ticks.append(round(ticks[-1] + step, 12))
+    while ticks[0] > low + 1e-12 * step:
+        ticks.insert(0, round(ticks[0] - step, 12))
+    return ticks if len(ticks) > 1 else [0.0, 1.0]
+
+
 def text_el(x: float, y: float, content: str, anchor: str = "middle", size: float = FONT,
             extra: str = "") -> str:
     return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}" '
@@ -266,12 +279,13 @@ def render_svg(spec: Spec, data: dict, rows: list[dict]) -> str:
     left, right = MARGIN_LEFT, WIDTH - MARGIN_RIGHT
     bottom = top + PLOT_HEIGHT
 
-    y_max = max(row[s.key] for s in series for row in s.rows)
-    ticks = nice_ticks(max(y_max, 0))
-    y_top = ticks[-1]
+    values = [row[s.key] for s in series for row in s.rows]
+    ticks = axis_ticks(min(values), max(values))
+    y_low, y_top = ticks[0], ticks[-1]
 
     def ypos(value: float) -> float:
-        return bottom - (value / y_top) * (bottom - top) if y_top else bottom
+        span = y_top - y_low
+        return bottom - ((value - y_low) / span) * (bottom - top) if span else bottom
 
     axis = ['<g class="axis y-axis">']
     for tick in ticks:
@@ -280,6 +294,9 @@ def render_svg(spec: Spec, data: dict, rows: list[dict]) -> str:
                     f'stroke-opacity="0.15"/>')
         axis.append(text_el(left - 6, ty + 4, fmt(tick), "end"))
     axis.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{bottom}" stroke="currentColor"/>')
+    if y_low < 0:  # the zero line, where bars start
+        axis.append(f'<line class="zero" x1="{left}" x2="{right}" y1="{ypos(0):.1f}" y2="{ypos(0):.1f}" '
+                    f'stroke="currentColor"/>')
     axis.append("</g>")
     parts += axis
 
@@ -322,11 +339,13 @@ def _bars(spec, rows, series, left, right, bottom, ypos):
         for number, item in enumerate(series):
             for row in (r for r in item.rows if r[spec.x] == category):
                 value = row[item.key]
-                bx, by = x0 + number * bar_width, ypos(value)
-                marks.append(f'<rect class="bar" x="{bx + 1:.1f}" y="{by:.1f}" width="{bar_width - 2:.1f}" '
-                             f'height="{bottom - by:.1f}" fill="{item.color}" data-value="{value}">'
+                bx, by, zero = x0 + number * bar_width, ypos(value), ypos(0)
+                marks.append(f'<rect class="bar" x="{bx + 1:.1f}" y="{min(by, zero):.1f}" '
+                             f'width="{bar_width - 2:.1f}" height="{abs(zero - by):.1f}" fill="{item.color}" '
+                             f'data-value="{value}">'
                              f'<title>{esc(category)} · {esc(item.label)}: {esc(fmt(value))}</title></rect>')
-                marks.append(text_el(bx + bar_width / 2, by - 4, fmt(value), size=FONT - 1,
+                label_y = by - 4 if value >= 0 else by + FONT + 2  # a negative bar's value goes below it
+                marks.append(text_el(bx + bar_width / 2, label_y, fmt(value), size=FONT - 1,
                                      extra=' class="value"'))
         lines = wrap(category, band - 6)
         label_lines = max(label_lines, len(lines))
