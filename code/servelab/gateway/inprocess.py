@@ -49,3 +49,14 @@ def running_gateway(settings: GatewaySettings, port: int | None = None, quiet: b
         thread.join(timeout=15)
         log.setLevel(level)
 # --8<-- [end:running_gateway]
+
+
+def wait_until_ready(url: str, timeout_s: float = 15.0) -> None:
+    """等到閘道的 /ready 回 200（它的第一次健康檢查在啟動時；機器很忙時，那一次可能失敗，下一次在 health_interval_s 之後）。"""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{url}/ready", timeout=5).status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the gateway at {url} is not ready after {timeout_s:g} s")
+        time.sleep(0.1)

@@ -22,7 +22,8 @@ from fastapi.testclient import TestClient
 from servelab.gateway.app import create_app
 from servelab.gateway.settings import GatewaySettings
 from servelab.vllm.lab2_3 import l02_async_processing as lesson
-from servelab.vllm.lab2_3.l01_basic_api import gateway_settings, running_gateway
+from servelab.gateway.inprocess import running_gateway, wait_until_ready
+from servelab.vllm.lab2_3.l01_basic_api import gateway_settings
 
 FAULTS: list[dict] = []
 
@@ -62,7 +63,8 @@ def test_upstream_killed_mid_stream_gives_an_error_event_and_a_clean_end():
 
 def test_slow_upstream_504_at_the_deadline_and_the_upstream_connection_is_closed():
     with lesson.broken_upstream("hang") as (url, stats), running_gateway(
-            GatewaySettings(upstreams=[url], request_timeout_s=0.5)) as gateway:
+            GatewaySettings(upstreams=[url], request_timeout_s=0.5, health_interval_s=0.5)) as gateway:
+        wait_until_ready(gateway)  # on a busy machine the start-up health check can miss; the next one is 0.5 s later
         start = time.perf_counter()
         response = httpx.post(f"{gateway}/v1/completions", timeout=10,
                               json={"model": "smollm2", "prompt": "x", "max_tokens": 5})

@@ -27,7 +27,7 @@ from servelab.runtime import VLLMEndpoint, vllm_endpoint
 from servelab.runtime.memo import experiment
 from servelab.runtime.process import free_port
 from servelab.runtime.results import write_results
-from servelab.gateway.inprocess import running_gateway
+from servelab.gateway.inprocess import running_gateway, wait_until_ready
 from servelab.vllm.lab2_3.l01_basic_api import gateway_settings
 
 LESSON = "vllm/lab2_3/l02_async_processing"
@@ -411,7 +411,8 @@ def fault_table(upstream: VLLMEndpoint) -> list[dict]:
                      "result": f"{len(events) - 2} 個完整事件、錯誤事件（{json.loads(events[-2][6:])['error']['status']}）、"
                                f"{events[-1]}；{time.perf_counter() - start:.2f} s 內結束"})
     with broken_upstream("hang") as (url, stats), running_gateway(
-            GatewaySettings(upstreams=[url], request_timeout_s=0.5)) as gateway:
+            GatewaySettings(upstreams=[url], request_timeout_s=0.5, health_interval_s=0.5)) as gateway:
+        wait_until_ready(gateway)
         start = time.perf_counter()
         status = httpx.post(f"{gateway}/v1/completions", timeout=10, json={
             "model": upstream.model, "prompt": "x", "max_tokens": 5}).status_code
