@@ -89,5 +89,5 @@ def test_gpu_instance_groups_and_priorities(triton_shared):
     groups = {r["count"]: r for r in rows["instance_groups"]}
     assert groups[2]["instances"] == 2 and groups[2]["req_per_s"] > 1.2 * groups[1]["req_per_s"]
     assert rows["priority"]["high_p50_ms"] < 0.5 * rows["priority"]["low_p50_ms"]
-    saved = json.loads((results_root() / lesson.LESSON / "gpu.json").read_text())
+    saved = json.loads((results_root() / lesson.LESSON / "instance_groups_gpu.json").read_text())
     assert saved["provenance"]["gpu"] is not None

@@ -520,7 +520,7 @@ def gpu_measurements(endpoint, size: int = 4096, repeats: int = 20) -> dict:
              "instances": g["instances"]} for g in groups]
     rows += [{"measure": "priority 2（6 個用戶端）", "p50_ms": priority["low_p50_ms"]},
              {"measure": "priority 1（1 個用戶端）", "p50_ms": priority["high_p50_ms"]}]
-    write_results(LESSON, "gpu", rows, {"measure": "量測", "req_per_s": "吞吐量（請求/秒）",
+    write_results(LESSON, "instance_groups_gpu", rows, {"measure": "量測", "req_per_s": "吞吐量（請求/秒）",
                                         "p50_ms": "延遲中位數（ms）", "instances": "stub 數"},
                   {"size": size, "repeats": repeats})
     return {"instance_groups": groups, "priority": priority}
