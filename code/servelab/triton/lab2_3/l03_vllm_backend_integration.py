@@ -188,11 +188,11 @@ class TritonPythonModel:
             if sender.is_cancelled():  # (4)!
                 self.engine.abort_request([request_id])
                 del self.live[request_id]
+                if self.metrics:
+                    self.metrics["running"].set(len(self.live))
                 error = self.pb.TritonError("Request was cancelled", self.pb.TritonError.CANCELLED)
                 sender.send(self.pb.InferenceResponse(error=error),
                             flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                if self.metrics:
-                    self.metrics["running"].set(len(self.live))
     # --8<-- [end:engine_loop]
 
     # --8<-- [start:send]
@@ -211,14 +211,14 @@ class TritonPythonModel:
         if state["num_output_tokens"]:
             tensors.append(self.pb.Tensor("num_output_tokens", np.array([len(completion.token_ids)], np.uint32)))
         flags = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if output.finished else 0
-        sender.send(self.pb.InferenceResponse(output_tensors=tensors), flags=flags)  # (1)!
-        if self.metrics:
+        if self.metrics:  # 指標先更新、再送回應：用戶端收到最後一個回應時，指標已經算進這個請求
             self.metrics["generation"].increment(len(completion.token_ids))
         if output.finished:
             del self.live[output.request_id]
             if self.metrics:
                 self.metrics["prompt"].increment(len(output.prompt_token_ids or ()))
                 self.metrics["running"].set(len(self.live))
+        sender.send(self.pb.InferenceResponse(output_tensors=tensors), flags=flags)  # (1)!
     # --8<-- [end:send]
 
     def finalize(self):
