@@ -40,7 +40,9 @@ def test_dynamic_batcher_settings(triton_shared):
     assert rows["dynamic"]["mean_batch"] > 2  # whatever waits in the queue goes into one execute
     assert rows["dynamic"]["req_per_s"] > 2 * rows["none"]["req_per_s"]
     assert rows["preferred_4"]["mean_batch"] >= 3
-    assert rows["delay_20ms"]["mean_batch"] > rows["dynamic"]["mean_batch"]  # waiting fills the batch
+    # waiting batches too; whether it beats the default's batch depends on when the closed-loop clients resend
+    # (one run 8 vs 5.3, a CI run 4.25 vs 6.25): the page says so, the test asserts only what always holds
+    assert rows["delay_20ms"]["mean_batch"] > 2
 
 
 @pytest.mark.engine
