@@ -240,20 +240,6 @@ def ready_versions(endpoint, name: str) -> list[int]:
     return sorted(int(m["version"]) for m in index if m["name"] == name and m.get("state") == "READY")
 
 
-def unload_all(endpoint, *names: str) -> None:
-    import shutil
-
-    from tritonclient.utils import InferenceServerException
-
-    client = endpoint.http_client(network_timeout=LOAD_TIMEOUT_S)
-    for name in names:
-        try:
-            client.unload_model(name)
-        except InferenceServerException:
-            pass
-        shutil.rmtree(endpoint.repository / name, ignore_errors=True)
-
-
 # --8<-- [start:policies]
 POLICIES = (("latest", (1,)), ("latest", (2,)), ("all", ()), ("specific", (1, 3)))
 
@@ -536,7 +522,9 @@ def ab_experiment(endpoint, users: int = 200, per_user: int = 4, concurrency: in
         out["promoted"] = promote(endpoint, 2)
         out["after_promotion"] = score(endpoint, SCORER, "u1", 0)
     finally:
-        unload_all(endpoint, ROUTER, ens, SCORER, ERRORS)
+        from servelab.triton.lab2_1.l02_model_repository_design import unload  # Lab 2.1 的卸載＋刪資料夾
+
+        unload(endpoint, ROUTER, ens, SCORER, ERRORS)
     return out
 # --8<-- [end:experiment]
 
@@ -658,7 +646,7 @@ from servelab.triton.lab2_2.l02_version_control_and_ab_testing import (
     OUTCOME_COLUMNS, outcomes, POLICIES, POLICY_COLUMNS, policy_demo, PREFIX, promote,
     ready_versions, render_model_py, ROUTER, router_config, RouterModel, run_traffic, SAMPLE,
     sample_size_per_arm, score, SCORER, scorer_config, ScorerModel, SHADOW_COLUMNS, share_b,
-    SPLIT_COLUMNS, stickiness, TEST_COLUMNS, to_pbtxt_json, two_proportion_test, unload_all,
+    SPLIT_COLUMNS, stickiness, TEST_COLUMNS, to_pbtxt_json, two_proportion_test,
     version_counters, version_policy, write_all, write_router, write_scorer
 )
 # --8<-- [end:context]
