@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -86,7 +87,11 @@ def backends_dir(settings: Settings | None = None) -> Path:
 
 def backend_python_env(settings: Settings | None = None) -> Path:
     """A venv whose ``python3`` the stub runs: numpy<2 (and a matching scipy) first, then this
-    environment's packages through a ``.pth`` file."""
+    environment's packages through a ``.pth`` file. Safe to call from several threads and processes at
+    once (servers started in parallel): the check and the writes happen under a file lock, and the
+    marker and ``.pth`` are replaced atomically."""
+    import fcntl
+
     settings = settings or get_settings()
     version = _py_version()
     env = backend_env_path(settings)
@@ -96,23 +101,35 @@ def backend_python_env(settings: Settings | None = None) -> Path:
     parents = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
                *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
     parents = list(dict.fromkeys(str(Path(p).resolve()) for p in parents))
-    if marker.exists():
-        recorded = json.loads(marker.read_text())
+    env.parent.mkdir(parents=True, exist_ok=True)
+    with _BACKEND_ENV_LOCK, open(env.parent / f"{env.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # other processes; _BACKEND_ENV_LOCK: other threads of this one
+        recorded = json.loads(marker.read_text()) if marker.exists() else {}
         if recorded.get("requirements") == list(BACKEND_REQUIREMENTS):
             if recorded.get("parent") != parents:
-                (site / "servelab-parent.pth").write_text("\n".join(parents) + "\n")
-                marker.write_text(json.dumps({**recorded, "parent": parents}))
+                _write_atomic(site / "servelab-parent.pth", "\n".join(parents) + "\n")
+                _write_atomic(marker, json.dumps({**recorded, "parent": parents}))
             return env
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(env)], check=True)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-         "--target", str(site), *BACKEND_REQUIREMENTS], capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
-        raise TritonSetupError(f"cannot install {' '.join(BACKEND_REQUIREMENTS)} for Triton's Python backend: {tail}")
-    (site / "servelab-parent.pth").write_text("\n".join(parents) + "\n")
-    marker.write_text(json.dumps({"requirements": list(BACKEND_REQUIREMENTS), "parent": parents}))
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(env)], check=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+             "--target", str(site), *BACKEND_REQUIREMENTS], capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+            raise TritonSetupError(
+                f"cannot install {' '.join(BACKEND_REQUIREMENTS)} for Triton's Python backend: {tail}")
+        _write_atomic(site / "servelab-parent.pth", "\n".join(parents) + "\n")
+        _write_atomic(marker, json.dumps({"requirements": list(BACKEND_REQUIREMENTS), "parent": parents}))
     return env
+
+
+_BACKEND_ENV_LOCK = threading.Lock()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def server_env(settings: Settings | None = None, inherit: dict[str, str] | None = None,

@@ -73,7 +73,9 @@ def test_model_warmup_moves_the_first_request_cost_into_the_load(triton_shared):
     assert (off["warmup"], on["warmup"]) == (False, True)
     assert off["first_ms"] >= 0.9 * off["cold_ms"]  # the first request paid the lazy initialisation
     assert on["first_ms"] < 0.25 * off["first_ms"]
-    assert on["load_s"] > off["load_s"] + 0.5 * on["cold_ms"] / 1e3  # … which moved into the load
+    # … which moved into the load. A stub starts in 1–2.5 s on a busy 2-core machine, so the 1.5 s of lazy
+    # initialisation is made large enough to stand out of that noise.
+    assert on["load_s"] > off["load_s"] + 0.5 * on["cold_ms"] / 1e3
 
 
 @pytest.mark.engine

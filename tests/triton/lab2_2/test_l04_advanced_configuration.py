@@ -73,6 +73,22 @@ def test_priority_queue_policy_and_sequences(triton_shared):
 
 
 @pytest.mark.engine
+def test_preserve_ordering_holds_a_fast_response_behind_a_slow_one(triton_shared):
+    off, on = lesson.preserve_ordering(triton_shared)
+    lesson.save_ordering([off, on])
+    assert off["preserve_ordering"] is False and on["preserve_ordering"] is True
+    assert off["fast_p50_ms"] < 120  # the free instance answers the fast request at once
+    assert on["fast_p50_ms"] > 180  # held until the slow one (300 ms, started 50 ms earlier) is answered
+    assert on["fast_p50_ms"] > 2 * off["fast_p50_ms"]
+
+
+@pytest.mark.engine
+def test_a_field_from_a_newer_release_fails_the_load_on_2_51(triton_scratch):
+    assert lesson.load_with_a_newer_field(triton_scratch) == (
+        "failed to load 'l04_newer_field', failed to poll from model repository")
+
+
+@pytest.mark.engine
 def test_response_cache_and_rate_limiter():
     features = lesson.server_features()
     cache = features["cache"]

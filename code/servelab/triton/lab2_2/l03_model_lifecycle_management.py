@@ -382,7 +382,7 @@ def save_in_flight(result: dict) -> None:
 
 # --8<-- [start:warmup]
 @experiment
-def warmup_effect(endpoint, cold_ms: int = 500, repeats: int = 4) -> list[dict]:
+def warmup_effect(endpoint, cold_ms: int = 1500, repeats: int = 4) -> list[dict]:
     """The same version with and without ``model_warmup``: load time, first and later request latency."""
     rows = []
     for warm in (False, True):

@@ -271,6 +271,53 @@ def dynamic_batcher(endpoint, delay_ms: int = 20, clients: int = 8) -> list[dict
 # --8<-- [end:batcher]
 
 
+# --8<-- [start:ordering]
+class SlowByInput(TritonPythonModel):
+    """preserve_ordering's model: each request first sleeps X[0, 0] milliseconds."""
+
+    def execute(self, requests: list) -> list:
+        import triton_python_backend_utils as pb_utils
+
+        for request in requests:
+            time.sleep(float(pb_utils.get_input_tensor_by_name(request, "X").as_numpy()[0, 0]) / 1000)
+        return super().execute(requests)
+
+
+@experiment
+def preserve_ordering(endpoint, slow_ms: int = 300, fast_ms: int = 10, rounds: int = 3) -> list[dict]:
+    """Two instances. A slow request, and 50 ms later a fast one: when does the fast one come back?"""
+    rows = []
+    for preserve in (False, True):
+        name = f"l04_order_{'on' if preserve else 'off'}"
+        block = f"dynamic_batching {{ preserve_ordering: {'true' if preserve else 'false'} }}"
+        deploy(endpoint, name, model_config(name, count=2, delay_ms=0, max_batch=1, scheduling=block),
+               entry="SlowByInput")
+        try:
+            fast = []
+            for _ in range(rounds):
+                with ThreadPoolExecutor(2) as pool:
+                    slow = pool.submit(infer, endpoint, name, np.full((1, WIDTH), slow_ms, np.float32))
+                    time.sleep(0.05)  # the slow one is executing on one instance; the other is free
+                    quick = pool.submit(infer, endpoint, name, np.full((1, WIDTH), fast_ms, np.float32))
+                    fast.append(quick.result()["ms"])
+                    slow.result()
+        finally:
+            unload(endpoint, name)
+        rows.append({"preserve_ordering": preserve, "slow_ms": slow_ms, "fast_ms": fast_ms, "rounds": rounds,
+                     "fast_p50_ms": sorted(fast)[len(fast) // 2], "load_avg": os.getloadavg()[0]})
+    return rows
+# --8<-- [end:ordering]
+
+
+def save_ordering(rows: list[dict]) -> None:
+    from servelab.runtime.results import write_results
+
+    write_results(LESSON, "preserve_ordering", rows, {
+        "preserve_ordering": "preserve_ordering", "slow_ms": "先到的慢請求（ms 的工作）",
+        "fast_ms": "50 ms 後到的快請求（ms 的工作）", "rounds": "重複", "fast_p50_ms": "快請求的延遲中位數（ms）",
+        "load_avg": "系統負載（1 分鐘）"})
+
+
 # --8<-- [start:priority]
 PRIORITY = "dynamic_batching { priority_levels: 2 default_priority_level: 2 }"
 
@@ -451,7 +498,7 @@ def two_models_at_once(server, a: str, b: str, label: str, clients: int = 3, per
 
 
 def save_all(groups: list[dict], batcher: list[dict], prio: dict, queue: dict, seq: dict, features: dict) -> None:
-    """Every result file of the page."""
+    """Every result file of the page but preserve_ordering's (:func:`save_ordering`)."""
     from servelab.runtime.results import write_results
 
     write_results(LESSON, "instance_groups", groups, {
@@ -527,6 +574,23 @@ def gpu_measurements(endpoint, size: int = 4096, repeats: int = 20) -> dict:
 # --8<-- [end:gpu]
 
 
+# --8<-- [start:newer_field]
+MODEL_METRICS = ('model_metrics { metric_control [ { metric_identifier { family: '
+                 '"nv_inference_first_response_histogram_ms" } histogram_options { buckets: [ 1, 2, 4, 8 ] } } ] }')
+
+
+def load_with_a_newer_field(endpoint, name: str = "l04_newer_field") -> str:
+    """Load a config that uses 24.11's ``model_metrics`` on this server: Triton's answer ('loaded' or its error)."""
+    try:
+        deploy(endpoint, name, model_config(name, extra=MODEL_METRICS))
+        return "loaded"
+    except RuntimeError as exc:
+        return str(exc)
+    finally:
+        unload(endpoint, name)
+# --8<-- [end:newer_field]
+
+
 # --8<-- [start:exercise_ceiling]
 def throughput_ceiling(count: int, delay_ms: float, mean_batch: float = 1.0) -> float:
     """Exercise 1: requests per second when every instance is always busy with ``mean_batch`` requests."""
@@ -561,7 +625,7 @@ from servelab.triton.lab2_2.l04_advanced_configuration import (
     accumulator_config,
     check_ceilings, closed_loop, throughput_ceiling,
     deploy, dynamic_batcher, gpu_config, gpu_measurements, infer, instance_groups, metric, model_config, model_source, one_with_timeout,
-    priorities, queue_policy, save_all, send_in_sequence, sequences, server_features, stub_memory_mib,
+    load_with_a_newer_field, MODEL_METRICS, preserve_ordering, priorities, queue_policy, save_all, save_ordering, SlowByInput, send_in_sequence, sequences, server_features, stub_memory_mib,
     two_models_at_once, unload
 )
 # --8<-- [end:context]
@@ -575,6 +639,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, triton_endpoint(Path(tmp)) as endpoint:
         results = (instance_groups(endpoint), dynamic_batcher(endpoint), priorities(endpoint),
                    queue_policy(endpoint), sequences(endpoint))
+        save_ordering(preserve_ordering(endpoint))
     save_all(*results, server_features())
     print(json.dumps([*results], ensure_ascii=False, default=str)[:2000])
     return 0
