@@ -302,13 +302,21 @@ def test_limits_at_max_model_len_give_the_servers_real_answers(prod, tmp_path):
 def test_max_num_seqs_queues_the_fifth_request_instead_of_failing_it(prod):
     from concurrent.futures import ThreadPoolExecutor
 
+    def gauges():
+        values = lesson.scrape_metrics(prod.base_url)
+        return int(values["vllm:num_requests_running"]), int(values["vllm:num_requests_waiting"])
+
+    # Stage the arrivals: the fifth request is sent only once the first four run, so on a busy
+    # machine it cannot arrive after one of them has finished (a CI run saw no wait that way).
     seen = set()
     with ThreadPoolExecutor(MAX_NUM_SEQS + 1) as pool:
-        futures = [pool.submit(lesson._complete, prod, f"Story {i}:", 48) for i in range(MAX_NUM_SEQS + 1)]
+        futures = [pool.submit(lesson._complete, prod, f"Story {i}:", 128) for i in range(MAX_NUM_SEQS)]
         deadline = time.monotonic() + 60
-        while not all(f.done() for f in futures) and time.monotonic() < deadline:
-            values = lesson.scrape_metrics(prod.base_url)
-            seen.add((int(values["vllm:num_requests_running"]), int(values["vllm:num_requests_waiting"])))
+        while gauges()[0] < MAX_NUM_SEQS and time.monotonic() < deadline:
+            time.sleep(0.02)
+        futures.append(pool.submit(lesson._complete, prod, "Story 4:", 16))
+        while not all(f.done() for f in futures) and time.monotonic() < deadline + 60:
+            seen.add(gauges())
             time.sleep(0.05)
         statuses = [f.result().status_code for f in futures]
     assert statuses == [200] * (MAX_NUM_SEQS + 1)  # nobody is rejected
