@@ -85,45 +85,52 @@ def backends_dir(settings: Settings | None = None) -> Path:
     return target
 
 
-def backend_python_env(settings: Settings | None = None) -> Path:
-    """A venv whose ``python3`` the stub runs: numpy<2 (and a matching scipy) first, then this
-    environment's packages through a ``.pth`` file. Safe to call from several threads and processes at
-    once (servers started in parallel): the check and the writes happen under a file lock, and the
-    marker and ``.pth`` are replaced atomically."""
+def stub_env(env: Path, requirements: Sequence[str], parents: Sequence[str] = ()) -> Path:
+    """A venv at ``env`` for Triton's Python stub: ``requirements`` installed into its site-packages
+    (``pip --target``, no dependencies), then ``parents`` (other site-packages folders) visible after
+    them through a ``.pth`` file; without ``parents`` the venv sees only what was installed. A venv has
+    ``bin/activate``, which ``EXECUTION_ENV_PATH`` needs. Made once and reused while the requirements
+    stay the same. Safe from several threads and processes at once (servers started in parallel): the
+    check and the writes happen under a file lock, and the marker and ``.pth`` are replaced atomically."""
     import fcntl
 
-    settings = settings or get_settings()
-    version = _py_version()
-    env = backend_env_path(settings)
-    site = env / "lib" / f"python{version}" / "site-packages"
-    marker = site / "servelab-backend-env.json"
-    # the stub sees this environment's packages, and PYTHONPATH's (how the GPU runner installs vLLM)
-    parents = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
-               *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
-    parents = list(dict.fromkeys(str(Path(p).resolve()) for p in parents))
+    site = env / "lib" / f"python{_py_version()}" / "site-packages"
+    marker = site / "servelab-stub-env.json"
+    requirements, parents = list(requirements), list(parents)
     env.parent.mkdir(parents=True, exist_ok=True)
-    with _BACKEND_ENV_LOCK, open(env.parent / f"{env.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # other processes; _BACKEND_ENV_LOCK: other threads of this one
+    with _STUB_ENV_LOCK, open(env.parent / f"{env.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # other processes; _STUB_ENV_LOCK: other threads of this one
         recorded = json.loads(marker.read_text()) if marker.exists() else {}
-        if recorded.get("requirements") == list(BACKEND_REQUIREMENTS):
-            if recorded.get("parent") != parents:
-                _write_atomic(site / "servelab-parent.pth", "\n".join(parents) + "\n")
-                _write_atomic(marker, json.dumps({**recorded, "parent": parents}))
-            return env
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(env)], check=True)
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-             "--target", str(site), *BACKEND_REQUIREMENTS], capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
-            raise TritonSetupError(
-                f"cannot install {' '.join(BACKEND_REQUIREMENTS)} for Triton's Python backend: {tail}")
-        _write_atomic(site / "servelab-parent.pth", "\n".join(parents) + "\n")
-        _write_atomic(marker, json.dumps({"requirements": list(BACKEND_REQUIREMENTS), "parent": parents}))
+        if recorded.get("requirements") != requirements:
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(env)], check=True)
+            proc = subprocess.run(
+                [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+                 "--target", str(site), *requirements], capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+                raise TritonSetupError(f"cannot install {' '.join(requirements)} for Triton's Python stub: {tail}")
+            recorded = {"requirements": requirements}
+        if recorded.get("parents") != parents:
+            pth = site / "servelab-parent.pth"
+            if parents:
+                _write_atomic(pth, "".join(f"{p}\n" for p in parents))
+            else:
+                pth.unlink(missing_ok=True)
+            _write_atomic(marker, json.dumps({**recorded, "parents": parents}))
     return env
 
 
-_BACKEND_ENV_LOCK = threading.Lock()
+def backend_python_env(settings: Settings | None = None) -> Path:
+    """The venv whose ``python3`` the stub runs (first on the server's ``PATH``): numpy<2 and a matching
+    scipy first, then this environment's packages, and PYTHONPATH's (how the GPU runner installs vLLM)."""
+    settings = settings or get_settings()
+    parents = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+               *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    parents = list(dict.fromkeys(str(Path(p).resolve()) for p in parents))
+    return stub_env(backend_env_path(settings), BACKEND_REQUIREMENTS, parents)
+
+
+_STUB_ENV_LOCK = threading.Lock()
 
 
 def _write_atomic(path: Path, text: str) -> None:

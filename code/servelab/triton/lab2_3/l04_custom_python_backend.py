@@ -24,7 +24,6 @@ import inspect
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
@@ -316,24 +315,15 @@ instance_group [ {{ kind: KIND_CPU count: 1 }} ]
 
 # --8<-- [start:pinned_env]
 def pinned_env(requirement: str = PINNED_NUMPY) -> Path:
-    """A second environment for the stub: a venv (it has ``bin/activate``, which EXECUTION_ENV_PATH needs)
-    with only ``requirement`` installed. Made once, under a file lock, in the book's cache."""
-    import fcntl
-
+    """A second environment for the stub, with only ``requirement`` installed: a venv (it has
+    ``bin/activate``, which EXECUTION_ENV_PATH needs), made once in the book's cache. ``stub_env`` is the
+    helper that also makes the server-wide backend environment; what it runs is shown below."""
     from servelab.runtime.settings import get_settings
+    from servelab.runtime.triton_server import stub_env
 
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     env = get_settings().cache_dir / "triton" / f"execenv-{requirement.replace('==', '-')}-py{version}"
-    env.parent.mkdir(parents=True, exist_ok=True)
-    site = env / "lib" / f"python{version}" / "site-packages"
-    with open(env.parent / f"{env.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (site / "servelab-execenv.json").exists():
-            subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(env)], check=True)
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                            "--no-deps", "--target", str(site), requirement], check=True)
-            (site / "servelab-execenv.json").write_text(json.dumps({"requirement": requirement}))
-    return env
+    return stub_env(env, [requirement])  # no parents: the model sees numpy and nothing of the book's
 # --8<-- [end:pinned_env]
 
 
@@ -736,7 +726,6 @@ import json
 import numpy as np
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
