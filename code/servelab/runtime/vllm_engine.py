@@ -284,7 +284,7 @@ def serve_spec(settings: Settings, port: int, *extra_args: str, api_key: str | N
     kwargs = {**engine_kwargs(settings, model=model), **overrides}
     argv = ["vllm", "serve", *_cli_args(kwargs), "--host", settings.host, "--port", str(port), *extra_args]
     if api_key:
-        argv += ["--api-key", api_key]
+        argv.append(f"--api-key={api_key}")  # one word: a key that starts with "-" is not taken for a flag
     return engine_env(settings), argv
 
 

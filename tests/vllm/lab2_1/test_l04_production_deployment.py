@@ -96,6 +96,22 @@ def test_vllm_serve_accepts_a_prefix_of_a_flag_and_rejects_only_a_real_typo(caps
     assert args.max_num_seqs == 4 and args.served_model_name == [lesson.SERVED_NAME]
 
 
+def test_an_api_key_that_starts_with_a_dash(capsys):
+    """secrets.token_urlsafe starts a key with "-" about once in 64: as a separate word argparse takes it for a
+    flag (a CI run's server exited with this message); the book's one-word --api-key=KEY form keeps it."""
+    from servelab.runtime import get_settings
+    from servelab.runtime.vllm_engine import serve_spec
+
+    key = "-Xy_dash-first-key"
+    with pytest.raises(SystemExit) as split:
+        lesson.parse_serve_args(["m", "--api-key", key])
+    assert split.value.code == 2
+    assert "error: argument --api-key: expected at least one argument" in capsys.readouterr().err
+    _, argv = serve_spec(get_settings(), 8000, api_key=key)
+    assert f"--api-key={key}" in argv
+    assert lesson.parse_serve_args(argv[argv.index("serve") + 1:]).api_key == [key]
+
+
 def test_observability_flags_parse():
     from servelab.runtime.vllm_engine import _cli_args
 

@@ -649,10 +649,28 @@ def environments(endpoint, write: bool = True) -> list[dict]:
 # --8<-- [end:envs]
 
 
-def unload_all(endpoint, names=(DBLS, BLS, ENV_PINNED, ENV_DEFAULT, STREAMER, SCALER)) -> None:
+def unload_all(endpoint, timeout_s: float = 30.0) -> None:
+    """Unload the lesson's models, callers first: the BLS models are gone (not READY, not UNLOADING) before
+    the scaler and streamer they call are asked to unload."""
     from servelab.triton.lab2_1.l02_model_repository_design import unload
 
-    unload(endpoint, *names)
+    for group in ((DBLS, BLS), (ENV_PINNED, ENV_DEFAULT, STREAMER, SCALER)):
+        unload(endpoint, *group)
+        wait_unloaded(endpoint, group, timeout_s)
+
+
+def wait_unloaded(endpoint, names, timeout_s: float) -> bool:
+    client = endpoint.http_client()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            states = {m["name"]: m.get("state") for m in client.get_model_repository_index()}
+            if not any(states.get(name) in ("READY", "UNLOADING", "LOADING") for name in names):
+                return True
+            time.sleep(0.1)
+        return False
+    finally:
+        client.close()
 
 
 def wait_for_file(path: Path, timeout_s: float = 20.0) -> dict | None:
@@ -679,8 +697,19 @@ def exercise_executes(batches: list[int]) -> int:
 
 
 @experiment(ignore=("endpoint",))
-def tour(endpoint) -> dict:
-    """Everything the page shows, in one pass over one set of loaded models (test and notebook share it)."""
+def tour(endpoint=None) -> dict:
+    """Everything the page shows, in one pass over one set of loaded models (test and notebook share it).
+    Without ``endpoint`` it starts a Triton of its own: a model whose unload hangs would otherwise leave a
+    shared server not ready (``/v2/health/ready`` 400) for the rest of its life (seen once in CI)."""
+    if endpoint is None:
+        from servelab.runtime import triton_server
+
+        with tempfile.TemporaryDirectory() as tmp, triton_server(Path(tmp)) as own:
+            return _tour(own)
+    return _tour(endpoint)
+
+
+def _tour(endpoint) -> dict:
     marker = Path(tempfile.mkdtemp(prefix="servelab-l04py-")) / "finalized.json"
     unload_all(endpoint)  # a scaler left by the page's shell block would carry its counters over
     deploy(endpoint, marker=str(marker))
@@ -706,10 +735,7 @@ def tour(endpoint) -> dict:
 # --8<-- [start:main]
 def main() -> int:
     """``servelab run triton/lab2_3/l04_custom_python_backend``."""
-    from servelab.runtime import triton_endpoint
-
-    with tempfile.TemporaryDirectory() as tmp, triton_endpoint(Path(tmp)) as endpoint:
-        out = tour(endpoint)
+    out = tour()  # on a Triton of its own
     print(json.dumps(out, ensure_ascii=False, indent=1, default=str))
     return 0
 # --8<-- [end:main]
