@@ -131,7 +131,9 @@ def test_preemption_happens_when_kv_runs_out_and_costs_the_preempted(lab):
     assert waves["preemptions"] == 0 and waves["preempted_requests"] == 0
     assert crowd["generated"] == waves["generated"] == 6 * lesson.LAB_SIZES["preempt_tokens"]
     assert crowd["decode_s_preempted"] is not None and waves["decode_s_preempted"] is None
-    assert crowd["seconds"] < waves["seconds"]  # on CPU the short recompute costs less than halving the batch
+    # the cost falls on the preempted request: it waits for space, then recomputes. Which row finishes first
+    # depends on the host (a CI run on a compute-bound CPU measured 3.93 s vs 3.85 s), so it is not asserted.
+    assert crowd["decode_s_preempted"] > crowd["decode_s_others"]
 
 
 @pytest.mark.engine
