@@ -649,28 +649,13 @@ def environments(endpoint, write: bool = True) -> list[dict]:
 # --8<-- [end:envs]
 
 
-def unload_all(endpoint, timeout_s: float = 30.0) -> None:
-    """Unload the lesson's models, callers first: the BLS models are gone (not READY, not UNLOADING) before
-    the scaler and streamer they call are asked to unload."""
-    from servelab.triton.lab2_1.l02_model_repository_design import unload
+def unload_all(endpoint) -> None:
+    """Unload the lesson's models, callers first: the BLS models have left (none of them UNLOADING) before
+    the scaler and streamer they call are asked to unload. Lab 2.2's ``unload_quietly`` waits for that."""
+    from servelab.triton.lab2_2.l03_model_lifecycle_management import unload_quietly
 
-    for group in ((DBLS, BLS), (ENV_PINNED, ENV_DEFAULT, STREAMER, SCALER)):
-        unload(endpoint, *group)
-        wait_unloaded(endpoint, group, timeout_s)
-
-
-def wait_unloaded(endpoint, names, timeout_s: float) -> bool:
-    client = endpoint.http_client()
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            states = {m["name"]: m.get("state") for m in client.get_model_repository_index()}
-            if not any(states.get(name) in ("READY", "UNLOADING", "LOADING") for name in names):
-                return True
-            time.sleep(0.1)
-        return False
-    finally:
-        client.close()
+    unload_quietly(endpoint, DBLS, BLS)
+    unload_quietly(endpoint, ENV_PINNED, ENV_DEFAULT, STREAMER, SCALER)
 
 
 def wait_for_file(path: Path, timeout_s: float = 20.0) -> dict | None:
