@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -322,22 +323,38 @@ def test_max_num_seqs_queues_the_fifth_request_instead_of_failing_it(prod):
         values = lesson.scrape_metrics(prod.base_url)
         return int(values["vllm:num_requests_running"]), int(values["vllm:num_requests_waiting"])
 
-    # Stage the arrivals: the fifth request is sent only once the first four run, so on a busy
-    # machine it cannot arrive after one of them has finished (a CI run saw no wait that way).
+    # Stage the arrivals: the fifth request is sent only once the first four run, and the four are long
+    # streams (448 tokens) that the test closes once the fifth has been seen waiting, which aborts them in
+    # vLLM. Two CI runs with four 128-token requests sent at once saw them finish before the fifth arrived
+    # (a fast host, staggered arrivals); this way the window does not depend on the host's speed.
+    stop = threading.Event()
+
+    def long_stream(i):
+        body = {"model": prod.model, "prompt": f"Story {i}:", "max_tokens": MAX_MODEL_LEN - 64,
+                "temperature": 0, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", f"{prod.api_url}/completions", json=body,
+                          headers=lesson.auth_headers(prod), timeout=120) as response:
+            for _ in response.iter_lines():
+                if stop.is_set():
+                    break
+            return response.status_code
+
     seen = set()
     with ThreadPoolExecutor(MAX_NUM_SEQS + 1) as pool:
-        futures = [pool.submit(lesson._complete, prod, f"Story {i}:", 128) for i in range(MAX_NUM_SEQS)]
-        deadline = time.monotonic() + 60
+        futures = [pool.submit(long_stream, i) for i in range(MAX_NUM_SEQS)]
+        deadline = time.monotonic() + 120
         while gauges()[0] < MAX_NUM_SEQS and time.monotonic() < deadline:
             time.sleep(0.02)
         futures.append(pool.submit(lesson._complete, prod, "Story 4:", 16))
-        while not all(f.done() for f in futures) and time.monotonic() < deadline + 60:
+        while (MAX_NUM_SEQS, 1) not in seen and not all(f.done() for f in futures) and time.monotonic() < deadline:
             seen.add(gauges())
             time.sleep(0.05)
-        statuses = [f.result().status_code for f in futures]
+        stop.set()  # close the four streams: vLLM aborts them and the fifth gets its slot
+        statuses = [f.result() for f in futures[:-1]] + [futures[-1].result().status_code]
+        seen.add(gauges())
     assert statuses == [200] * (MAX_NUM_SEQS + 1)  # nobody is rejected
     assert max(running for running, _ in seen) == MAX_NUM_SEQS  # never more than --max-num-seqs at once
-    assert (MAX_NUM_SEQS, 1) in seen  # the fifth one waited in the queue
+    assert (MAX_NUM_SEQS, 1) in seen, seen  # the fifth one waited in the queue
 
 
 @pytest.mark.engine
