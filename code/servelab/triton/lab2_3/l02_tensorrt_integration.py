@@ -185,6 +185,8 @@ def ort_vs_eager(batch_sizes=(1, 8, 32), threads: int = 1, repeats: int = 30, pr
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1  # (1)!
     with tempfile.TemporaryDirectory() as tmp:
         session = ort.InferenceSession(str(export_onnx(Path(tmp) / "m.onnx")), options, providers=[provider])
+    if session.get_providers()[0] != provider:  # ORT falls back to the CPU with only a warning (e.g. no libcublas)
+        raise RuntimeError(f"{provider} did not load; the session runs on {session.get_providers()}")
     rows = []
     for batch in batch_sizes:
         x = np.random.default_rng(batch).standard_normal((batch, HIDDEN), dtype=np.float32)
@@ -205,7 +207,7 @@ def ort_vs_eager(batch_sizes=(1, 8, 32), threads: int = 1, repeats: int = 30, pr
         write_results(LESSON, "ort_vs_eager_gpu" if device == "cuda" else "ort_vs_eager", rows, {
             "batch": "批次列數", "runtime": "執行環境", "ms": "每次 forward（ms，中位數）",
             "speedup_vs_eager": "相對 eager", "max_abs_diff": "與 eager 的最大差", "load_avg": "系統負載（1 分鐘）"},
-            extra={"threads": threads, "onnxruntime": ort.__version__})
+            extra={"threads": threads, "onnxruntime": ort.__version__, "providers": session.get_providers()})
     return rows
 
 
