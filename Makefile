@@ -82,7 +82,7 @@ build: setup
 # The whole CPU suite; gpu-marked tests are reported as skipped with their reason.
 # pytest's exit 5 ("no tests collected") is a failure like any other.
 test: setup
-	$(PY) -m pytest tests docs --codeblocks -p no:cacheprovider
+	$(PY) -m pytest tests docs --codeblocks -p no:cacheprovider --durations=40
 
 test-fast: setup
 	$(PY) -m pytest tests/book -m "not gpu and not engine"
